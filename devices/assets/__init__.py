@@ -1,0 +1,1 @@
+"""Asset types: pure, vectorised physics models, each with its tag table declared once."""
