@@ -59,6 +59,8 @@ _UNITS = (
     Unit("C26", "ms", "millisecond"),
     Unit("KMH", "km/h", "kilometre per hour"),
     Unit("L2", "l/min", "litre per minute"),
+    Unit("LTR", "l", "litre"),
+    Unit("MIN", "min", "minute [unit of time]"),
 )
 
 UNITS: dict[str, Unit] = {unit.code: unit for unit in _UNITS}

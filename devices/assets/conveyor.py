@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from devices.assets.base import Array, ArgValue, AssetModel, State
+from devices.assets.base import ArgValue, Array, AssetModel, State
 from devices.tags import Access, CommandRejected, CommandSpec, DataType, TagKind, TagSpec
 
 BELT_LENGTH_M = 20.0

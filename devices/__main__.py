@@ -1,0 +1,5 @@
+import sys
+
+from devices.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""One PLC's OPC UA server: the address space from its tag tables, values from its scans, writes and
+commands back into it.
+
+Endpoint: ``opc.tcp://<settings.endpoint_host>:<port>`` (no path: one server per PLC port, so the
+port alone names the PLC). The socket is bound on ``settings.bind_host``; the advertised endpoint
+uses ``endpoint_host`` so a server bound on 0.0.0.0 still hands clients a reachable URL.
+
+Usage::
+
+    async with OpcUaExposer(plc, site, area, plc_config, settings) as exposer:
+        ...  # serving until the block exits
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from types import TracebackType
+
+from devices.config import AreaConfig, PlantSettings, PlcConfig, SiteConfig
+from devices.opcua import values
+from devices.opcua._ua import Server
+from devices.opcua.address_space import (
+    INSTANCE_NAMESPACE_URI,
+    TYPES_NAMESPACE_URI,
+    AssetGroupView,
+    PlantNodes,
+    build_plant_nodes,
+)
+from devices.opcua.config import OpcUaServerConfig, server_config
+from devices.opcua.methods import CommandMethods
+from devices.opcua.nodesets import import_nodesets
+from devices.opcua.publisher import ValuePublisher
+from devices.opcua.security import (
+    POLICY_TYPES,
+    ClientCertificateValidator,
+    PlantRuleset,
+    PlantUserManager,
+    RoleResolver,
+    identity_tokens,
+    pki_layout,
+    setup_certificate,
+)
+from devices.opcua.writes import PlcAttributeService
+from devices.plc import Plc
+from devices.process_image import ProcessImage
+
+log = logging.getLogger(__name__)
+
+
+class OpcUaExposer:
+    """Serves one PLC over OPC UA. The constructor does no I/O; ``close()`` is idempotent."""
+
+    def __init__(
+        self,
+        plc: Plc,
+        site: SiteConfig,
+        area: AreaConfig,
+        plc_config: PlcConfig,
+        settings: PlantSettings,
+    ) -> None:
+        self._plc = plc
+        self._site = site
+        self._area = area
+        self._plc_config = plc_config
+        self._settings = settings
+        self._config: OpcUaServerConfig = server_config(plc_config.opcua)
+        self._server: Server | None = None
+        self._nodes: PlantNodes | None = None
+        self._publisher: ValuePublisher | None = None
+        self._methods: CommandMethods | None = None
+        self._writes: PlcAttributeService | None = None
+        self._listening = False
+        self.startup_s: float | None = None
+
+    # --- public surface --------------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"opc.tcp://{self._settings.endpoint_host}:{self._config.port}"
+
+    @property
+    def application_uri(self) -> str:
+        return f"{INSTANCE_NAMESPACE_URI}:{self._plc_config.id}"
+
+    @property
+    def config(self) -> OpcUaServerConfig:
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def server(self) -> Server:
+        """The underlying asyncua server (for tests and diagnostics); only while running."""
+        if self._server is None:
+            raise RuntimeError("the OPC UA server is not running")
+        return self._server
+
+    @property
+    def nodes(self) -> PlantNodes:
+        if self._nodes is None:
+            raise RuntimeError("the OPC UA server is not running")
+        return self._nodes
+
+    @property
+    def publisher(self) -> ValuePublisher:
+        if self._publisher is None:
+            raise RuntimeError("the OPC UA server is not running")
+        return self._publisher
+
+    async def __aenter__(self) -> OpcUaExposer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        began = time.perf_counter()
+        server = await self._create_server()
+        try:
+            await self._build(server)
+            await server.start()
+            if self._config.history_window_s > 0:
+                await self._historize(server)
+        except BaseException:
+            await self._teardown(server)
+            raise
+        self._server = server
+        self.startup_s = time.perf_counter() - began
+        assert self._nodes is not None
+        log.info("OPC UA server for PLC %s at %s: %d nodes in %.2f s", self._plc_config.id, self.endpoint_url,
+                 self._nodes.node_count, self.startup_s)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await self._teardown(server)
+
+    # --- building ----------------------------------------------------------------------------------
+
+    async def _create_server(self) -> Server:
+        config = self._config
+        roles = RoleResolver(config)
+        server = Server(user_manager=PlantUserManager(config))
+        await server.init()
+        server.set_endpoint(self.endpoint_url)
+        server.socket_address = (self._settings.bind_host, config.port)
+        server.set_server_name(f"TwinEdge PLC {self._plc_config.id}")
+        await server.set_application_uri(self.application_uri)
+        server.set_security_policy([POLICY_TYPES[p] for p in config.security_policies], PlantRuleset(roles))
+        server.set_identity_tokens(identity_tokens(config))
+        if config.needs_certificate:
+            pki = pki_layout(config, self._settings.data_dir, self._plc_config.id)
+            await setup_certificate(server, pki, self.application_uri, self._plc_config.id)
+            validator = ClientCertificateValidator(pki, config.auto_accept)
+            await validator.load()
+            server.set_certificate_validator(validator)
+        return server
+
+    async def _build(self, server: Server) -> None:
+        await import_nodesets(server)
+        ns = await server.register_namespace(INSTANCE_NAMESPACE_URI)
+        types_ns = await server.register_namespace(TYPES_NAMESPACE_URI)
+        iserver = server.iserver
+        nodes = build_plant_nodes(
+            iserver.aspace,
+            ns,
+            types_ns,
+            (self._site.id, self._site.name or self._site.id),
+            (self._area.id, self._area.name or self._area.id),
+            self._plc_config.id,
+            [AssetGroupView(group.model, group.asset_ids) for group in self._plc.groups],
+            historizing=self._config.history_window_s > 0,
+        )
+        self._writes = PlcAttributeService(
+            iserver.aspace, self._plc, nodes.tags, {ns, types_ns}, RoleResolver(self._config)
+        )
+        iserver.attribute_service = self._writes
+        self._methods = CommandMethods(self._plc)
+        for nodeid, ref in nodes.commands.items():
+            iserver.aspace.add_method_callback(nodeid, self._methods.handler(ref))
+        publisher = ValuePublisher(nodes.groups)
+        if self._plc.image is not None:  # the PLC is already scanning: show its latest image now
+            publisher.on_scan(self._plc.image)
+        publisher.start()
+        self._nodes, self._publisher = nodes, publisher
+        if not self._listening:  # Plc has no remove_listener: register once, forward while running
+            self._plc.add_listener(self._on_scan)
+            self._listening = True
+
+    async def _historize(self, server: Server) -> None:
+        """Analog variables keep ``history_window_s`` of values in asyncua's in-memory history."""
+        assert self._nodes is not None
+        period = timedelta(seconds=self._config.history_window_s)
+        for group in self._nodes.groups:
+            for slot in group.tags:
+                if values.variable_type(slot.spec) is not values.VariableType.ANALOG_ITEM:
+                    continue
+                for nodeid in slot.nodeids:
+                    await server.historize_node_data_change(server.get_node(nodeid), period=period, count=0)
+
+    def _on_scan(self, image: ProcessImage) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.on_scan(image)
+
+    async def _teardown(self, server: Server) -> None:
+        publisher, self._publisher = self._publisher, None
+        self._nodes = None
+        if publisher is not None:
+            await publisher.stop()
+        try:
+            await server.stop()
+        except Exception:  # a half-started server: nothing left worth reporting to the caller
+            log.debug("OPC UA server stop failed", exc_info=True)

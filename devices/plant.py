@@ -1,0 +1,90 @@
+"""The plant process: builds every PLC from config, serves each over OPC UA and Modbus, scans them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from devices.assets.registry import asset_type
+from devices.catalogue import build_catalogue
+from devices.clock import VirtualClock
+from devices.config import AreaConfig, PlantConfig, PlcConfig, SiteConfig
+from devices.modbus.exposer import ModbusExposer
+from devices.opcua.exposer import OpcUaExposer
+from devices.plc import AssetGroup, Plc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlacedPlc:
+    site: SiteConfig
+    area: AreaConfig
+    config: PlcConfig
+    plc: Plc
+
+
+def build_plcs(config: PlantConfig, clock: VirtualClock) -> list[PlacedPlc]:
+    """One Plc per configured PLC; each gets its own seed derived from the plant seed and position."""
+    placed = []
+    for number, (_path, site, area, plc_config) in enumerate(config.placed_plcs()):
+        groups: dict[str, list[str]] = {}
+        for asset in plc_config.assets:
+            groups.setdefault(asset.type, []).extend(asset.instance_ids(config.plant.scale))
+        plc = Plc(
+            plc_config.id,
+            [AssetGroup(asset_type(type_name)(), tuple(ids)) for type_name, ids in groups.items()],
+            clock,
+            scan_period_s=plc_config.scan_period_ms / 1000.0,
+            seed=config.plant.seed * 1000 + number,
+        )
+        placed.append(PlacedPlc(site, area, plc_config, plc))
+    return placed
+
+
+def write_catalogue(config: PlantConfig) -> Path:
+    """Write the tag catalogue the gateway loads, atomically, into the data directory."""
+    data_dir = config.plant.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / "catalogue.json"
+    temporary = target.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(build_catalogue(config), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+class Plant:
+    """Runs every PLC of the config until stopped. ``announce`` receives human-readable lines."""
+
+    def __init__(self, config: PlantConfig, announce: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.clock = VirtualClock(config.plant.speed, config.plant.start_time)
+        self.plcs = build_plcs(config, self.clock)
+        self._announce = announce
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.config.plant
+        async with AsyncExitStack() as stack:
+            for placed in self.plcs:
+                if placed.config.opcua.enabled:
+                    opcua = OpcUaExposer(placed.plc, placed.site, placed.area, placed.config, settings)
+                    await stack.enter_async_context(opcua)
+                    self._announce(f"  {placed.plc.plc_id}: OPC UA  {opcua.endpoint_url}")
+                if placed.config.modbus.enabled:
+                    modbus = ModbusExposer(placed.plc, placed.site, placed.area, placed.config, settings)
+                    await stack.enter_async_context(modbus)
+                    host, port = modbus.address
+                    unit = placed.config.modbus.unit_id
+                    self._announce(f"  {placed.plc.plc_id}: Modbus  {host}:{port} (unit {unit})")
+            catalogue = write_catalogue(self.config)
+            self._announce(f"  tag catalogue: {catalogue}")
+            self._announce(f"plant ready: {len(self.plcs)} PLC(s), clock speed {self.clock.speed:g}x")
+            async with asyncio.TaskGroup() as group:
+                for placed in self.plcs:
+                    group.create_task(placed.plc.run(stop))

@@ -1,0 +1,168 @@
+"""Poll every source on its own task and hand each batch of readings to one callback.
+
+Rules from the reference gateways (ARCHITECTURE.md habit 4): a source is never polled twice at
+once (Telegraf ``gatherOnce``, Home Assistant's DataUpdateCoordinator), because a slow PLC answering
+overlapping polls only gets slower. A poll that outlasts its interval is an *overrun*: the missed
+slots are skipped, not queued, and counted; the first overrun of a streak is logged at WARNING and
+the end of the streak at INFO, so a permanently slow device does not flood the log.
+``refresh(source)`` (after a command) polls at once, or right after the poll in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from gateway.readings import Reading
+from gateway.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+OnBatch = Callable[[list[Reading]], Awaitable[None]]
+
+
+@dataclass
+class SourceStats:
+    connected: bool = False
+    reads: int = 0  # completed polls
+    values: int = 0  # readings handed on (any quality)
+    bad_values: int = 0  # of which not Good
+    errors: int = 0  # polls whose read() or on_batch raised
+    overruns: int = 0
+    last_duration_s: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class _Job:
+    source: Source
+    interval_s: float
+    stats: SourceStats = field(default_factory=SourceStats)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    overrunning: bool = False
+
+
+class Poller:
+    """``add()`` sources, then ``async with poller:`` (or start/stop) runs one task per source."""
+
+    def __init__(self, on_batch: OnBatch) -> None:
+        self._on_batch = on_batch
+        self._jobs: dict[str, _Job] = {}
+        self._running = False
+
+    def add(self, source: Source, interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"source {source.name}: interval must be > 0")
+        if source.name in self._jobs:
+            raise ValueError(f"source {source.name} added twice")
+        job = _Job(source, interval_s)
+        self._jobs[source.name] = job
+        if self._running:
+            job.task = asyncio.create_task(self._run(job), name=f"poll:{source.name}")
+
+    def refresh(self, source: str) -> None:
+        """Poll ``source`` now (or as soon as its current poll ends). Unknown names raise KeyError."""
+        self._jobs[source].wake.set()
+
+    def stats(self) -> dict[str, SourceStats]:
+        for job in self._jobs.values():
+            job.stats.connected = job.source.connected
+        return {name: job.stats for name, job in self._jobs.items()}
+
+    async def start(self) -> None:
+        """Connect sources and start polling; a source that is down does not block the others."""
+        self._running = True
+        for job in self._jobs.values():
+            if job.task is None:
+                job.task = asyncio.create_task(self._run(job), name=f"poll:{job.source.name}")
+
+    async def stop(self) -> None:
+        """Cancel the poll tasks (a poll in flight is abandoned) and close every source."""
+        self._running = False
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in self._jobs.values():
+            job.task = None
+            try:
+                await job.source.close()
+            except Exception:
+                log.exception("source %s: close failed", job.source.name)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _run(self, job: _Job) -> None:
+        # Connecting is part of the first poll: read() reconnects by itself with its backoff.
+        due = time.monotonic()
+        while True:
+            delay = due - time.monotonic()
+            if delay > 0 and not job.wake.is_set():
+                try:
+                    await asyncio.wait_for(job.wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            job.wake.clear()
+            started = time.monotonic()
+            await self._poll_once(job)
+            finished = time.monotonic()
+            job.stats.last_duration_s = finished - started
+            self._note_overrun(job, finished - started)
+            # Stay on the grid of the interval; skip (never queue) slots a long poll missed.
+            due += job.interval_s
+            if due <= finished:
+                due += math.ceil((finished - due) / job.interval_s) * job.interval_s
+                if due <= finished:
+                    due += job.interval_s
+
+    async def _poll_once(self, job: _Job) -> None:
+        name = job.source.name
+        try:
+            readings = await job.source.read()
+        except Exception as exc:
+            # Sources report device trouble as bad quality; an exception here is a bug, so log it
+            # with a traceback but keep polling: one broken source must not stop the gateway.
+            job.stats.errors += 1
+            job.stats.last_error = f"read: {exc!r}"
+            log.exception("source %s: read() raised", name)
+            return
+        job.stats.reads += 1
+        job.stats.values += len(readings)
+        job.stats.bad_values += sum(1 for r in readings if not r.good)
+        if not readings:
+            return
+        try:
+            await self._on_batch(readings)
+        except Exception as exc:
+            job.stats.errors += 1
+            job.stats.last_error = f"on_batch: {exc!r}"
+            log.exception("source %s: on_batch failed for %d readings", name, len(readings))
+
+    def _note_overrun(self, job: _Job, elapsed: float) -> None:
+        if elapsed > job.interval_s:
+            job.stats.overruns += 1
+            if not job.overrunning:
+                job.overrunning = True
+                log.warning(
+                    "source %s: poll took %.3fs, longer than its %.3fs interval (skipping missed polls)",
+                    job.source.name,
+                    elapsed,
+                    job.interval_s,
+                )
+        elif job.overrunning:
+            job.overrunning = False
+            log.info("source %s: polls fit their interval again", job.source.name)

@@ -1,0 +1,328 @@
+"""Modbus TCP source: planned batch reads through pymodbus, outcomes mapped onto OPC UA StatusCodes.
+
+pymodbus' own auto-reconnect is switched off (``reconnect_delay=0``): it reconnects in the
+background with a 300 s cap (conventions §5.2) and its requests fail while it does, so the source
+keeps the one backoff of SourceBase instead and builds a fresh client for every connect attempt.
+Requests on one connection are serial anyway (anchors §3 #17), so the planner's job is to make few.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
+from gateway.readings import Reading, TagValue
+from gateway.sources import modbus_codec as codec
+from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
+from gateway.sources.config import ModbusSourceConfig
+from gateway.sources.modbus_planner import BIT_TABLES, PlanItem, ReadRequest, Span, Table, plan_reads
+
+if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
+    from gateway.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+BAD_CONFIGURATION_ERROR = 0x80890000  # StatusCode.csv: the map points at an address the device refuses
+# Modbus exception code -> quality (codes: conventions §2.4). Unlisted codes are device failures.
+EXCEPTION_QUALITY: dict[int, int] = {
+    0x01: BAD_CONFIGURATION_ERROR,  # illegal function: wrong table for this device
+    0x02: BAD_CONFIGURATION_ERROR,  # illegal data address
+    0x03: BAD_CONFIGURATION_ERROR,  # illegal data value (bad quantity)
+    0x04: BAD_DEVICE_FAILURE,
+    0x06: BAD_TIMEOUT,  # busy: no answer in time, worth retrying next poll
+    0x0A: BAD_NO_COMMUNICATION,  # gateway path unavailable
+    0x0B: BAD_NO_COMMUNICATION,  # gateway target failed to respond
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusPoint:
+    ref: TagRef
+    unit_id: int
+    table: Table
+    address: int
+    count: int
+    datatype: codec.Datatype
+    word_order: codec.WordOrder
+    scale: float = 1.0
+    offset: float = 0.0
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusCommand:
+    unit_id: int
+    table: Table
+    address: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusMap:
+    host: str
+    port: int
+    points: tuple[ModbusPoint, ...]
+    readable: tuple[Span, ...] = ()
+    commands: dict[tuple[str, str], ModbusCommand] | None = None
+
+
+def build_map(config: ModbusSourceConfig, catalogue: Catalogue | None = None) -> ModbusMap:
+    """The points of a source, from its catalogue PLC or its hand-listed tags. Raises SourceError."""
+    if config.plc is None:
+        points = tuple(
+            ModbusPoint(
+                TagRef(t.asset, t.key, t.unit, config.site, config.area),
+                config.unit_id if t.unit_id is None else t.unit_id,
+                t.table,
+                t.address,
+                1 if t.table in BIT_TABLES else (t.count or codec.register_count(t.datatype)),
+                t.datatype,
+                t.word_order or config.word_order,
+                t.scale,
+                t.offset,
+                t.access == "rw" and t.table in ("coil", "holding_register"),
+            )
+            for t in config.tags
+        )
+        blocks = tuple(
+            Span(config.unit_id if b.unit_id is None else b.unit_id, b.table, b.address, b.count)
+            for b in config.readable_blocks
+        )
+        assert config.host is not None  # checked by the config model
+        return ModbusMap(config.host, config.port or 502, points, blocks, {})
+    if catalogue is None:
+        raise SourceError(f"source {config.name}: plc {config.plc!r} needs the tag catalogue")
+    try:
+        plc = catalogue.plc(config.plc)
+    except KeyError:
+        raise SourceError(f"source {config.name}: plc {config.plc!r} is not in the catalogue") from None
+    if plc.modbus is None:
+        raise SourceError(f"source {config.name}: plc {config.plc!r} has no Modbus endpoint")
+    order = plc.modbus.word_order
+    found: list[ModbusPoint] = []
+    spans: list[Span] = []
+    commands: dict[tuple[str, str], ModbusCommand] = {}
+    if plc.modbus.heartbeat is not None:
+        hb = plc.modbus.heartbeat
+        spans.append(Span(plc.modbus.unit_id, hb.table, hb.address, 1))
+    for asset in plc.assets:
+        unit = plc.unit_of(asset)
+        for tag in asset.tags:
+            if tag.modbus is None:
+                continue
+            m = tag.modbus
+            ref = TagRef(asset.id, tag.key, tag.unit, plc.site, plc.area)
+            writable = tag.access == "rw" and m.table in ("coil", "holding_register")
+            found.append(
+                ModbusPoint(
+                    ref, unit, m.table, m.address, m.count, tag.datatype, order, m.scale, m.offset, writable
+                )
+            )
+        for cmd in asset.commands:
+            if cmd.modbus is not None:
+                commands[(asset.id, cmd.name)] = ModbusCommand(unit, cmd.modbus.table, cmd.modbus.address)
+                spans.append(Span(unit, cmd.modbus.table, cmd.modbus.address, 1))
+    return ModbusMap(
+        config.host or plc.modbus.host, config.port or plc.modbus.port, tuple(found), tuple(spans), commands
+    )
+
+
+class ModbusSource(SourceBase):
+    """One Modbus TCP endpoint (possibly several unit ids behind it)."""
+
+    def __init__(self, config: ModbusSourceConfig, catalogue: Catalogue | None = None) -> None:
+        super().__init__(config.name, config.reconnect_min_s, config.reconnect_max_s)
+        self.config = config
+        self.map = build_map(config, catalogue)
+        items = [PlanItem(p.unit_id, p.table, p.address, p.count, i) for i, p in enumerate(self.map.points)]
+        self.plan: list[ReadRequest] = plan_reads(
+            items,
+            max_gap=config.max_gap,
+            readable=self.map.readable,
+            max_registers=config.max_registers_per_request,
+            max_bits=config.max_bits_per_request,
+        )
+        self._by_tag = {(p.ref.asset, p.ref.tag): p for p in self.map.points}
+        self._client: AsyncModbusTcpClient | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time: reads and commands share the socket
+
+    async def connect(self) -> None:
+        """One connect attempt; failure is logged, not raised (read() keeps retrying)."""
+        async with self._lock:
+            await self._connect_locked()
+
+    async def _connect_locked(self) -> bool:
+        if self._client is not None and self._client.connected:
+            return True
+        self._drop_client()
+        self._closed = False
+        client = AsyncModbusTcpClient(
+            self.map.host,
+            port=self.map.port,
+            timeout=self.config.timeout_s,
+            retries=self.config.retries,
+            reconnect_delay=0,  # our backoff, not pymodbus' (see module docstring)
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            ok, reason = False, str(exc)
+        else:
+            reason = "connect refused or timed out"
+        if not ok:
+            client.close()
+            wait = self._backoff.failed()
+            self._set_available(False, f"{self.map.host}:{self.map.port}: {reason}; retry in {wait:.1f}s")
+            return False
+        self._client = client
+        self._set_available(True, f"{self.map.host}:{self.map.port}")
+        return True
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _lost(self, reason: str) -> None:
+        self._drop_client()
+        wait = self._backoff.failed()
+        self._set_available(False, f"{reason}; retry in {wait:.1f}s")
+
+    async def read(self) -> list[Reading]:
+        async with self._lock:
+            return await self._read_locked()
+
+    async def _read_locked(self) -> list[Reading]:
+        refs = [p.ref for p in self.map.points]
+        if self._client is None or not self._client.connected:
+            if self._client is not None:
+                self._lost("connection closed by peer")
+            if self._closed or not self._backoff.ready() or not await self._connect_locked():
+                return self.bad_readings(refs, BAD_NO_COMMUNICATION)
+        readings: list[Reading] = []
+        for n, request in enumerate(self.plan):
+            now = utcnow()
+            try:
+                response = await self._execute(request)
+            except ModbusIOException as exc:
+                # pymodbus raises this for no answer after its retries. A late answer would still
+                # arrive on this socket and be taken for the next request's (transaction ids only
+                # catch some cases), so the connection is dropped, as libmodbus users flush it.
+                self._lost(f"{self._describe(request)}: no response within {self.config.timeout_s}s")
+                log.debug("source %s: %s", self.name, exc)
+                for rest in self.plan[n:]:
+                    readings += self._bad_for(rest, BAD_TIMEOUT, now)
+                return readings
+            except (ConnectionException, OSError, TimeoutError) as exc:
+                self._lost(str(exc) or type(exc).__name__)
+                for rest in self.plan[n:]:
+                    readings += self._bad_for(rest, BAD_NO_COMMUNICATION, now)
+                return readings
+            if response.isError():
+                code = int(getattr(response, "exception_code", 0))
+                quality = EXCEPTION_QUALITY.get(code, BAD_DEVICE_FAILURE)
+                log.debug("source %s: %s: exception %02X", self.name, self._describe(request), code)
+                readings += self._bad_for(request, quality, now)
+                continue
+            readings += self._decode(request, response, now)
+        return readings
+
+    async def _execute(self, request: ReadRequest) -> Any:
+        assert self._client is not None
+        readers = {
+            "coil": self._client.read_coils,
+            "discrete_input": self._client.read_discrete_inputs,
+            "input_register": self._client.read_input_registers,
+            "holding_register": self._client.read_holding_registers,
+        }
+        return await readers[request.table](request.address, count=request.count, device_id=request.unit_id)
+
+    def _describe(self, request: ReadRequest) -> str:
+        return f"unit {request.unit_id} {request.table} {request.address}+{request.count}"
+
+    def _bad_for(self, request: ReadRequest, quality: int, now: Any) -> list[Reading]:
+        return self.bad_readings([self.map.points[int(str(i.key))].ref for i in request.items], quality, now)
+
+    def _decode(self, request: ReadRequest, response: Any, now: Any) -> list[Reading]:
+        words = request.table not in BIT_TABLES
+        data: list[Any] = list(response.registers if words else response.bits)
+        out: list[Reading] = []
+        for item in request.items:
+            point = self.map.points[int(str(item.key))]
+            chunk = data[request.slice(item)]
+            try:
+                if words:
+                    raw = codec.decode_registers(chunk, point.datatype, point.word_order)
+                else:
+                    raw = codec.decode_bits(chunk)
+                value = codec.scale_value(raw, point.scale, point.offset)
+            except codec.CodecError as exc:
+                log.debug("source %s: %s/%s: %s", self.name, point.ref.asset, point.ref.tag, exc)
+                out.append(self.reading(point.ref, None, BAD_DEVICE_FAILURE, now, now))
+                continue
+            out.append(self.reading(point.ref, value, GOOD, now, now))
+        return out
+
+    async def write(self, asset: str, tag: str, value: TagValue) -> None:
+        point = self._by_tag.get((asset, tag))
+        if point is None:
+            raise SourceError(f"source {self.name}: no tag {asset}/{tag}")
+        if not point.writable:
+            raise SourceError(f"source {self.name}: {asset}/{tag} is read-only")
+        try:
+            if point.table == "coil":
+                payload: bool | list[int] = codec.encode_bit(value)
+            else:
+                raw = codec.unscale_value(value, point.datatype, point.scale, point.offset)
+                payload = codec.encode_registers(raw, point.datatype, point.word_order, point.count)
+        except codec.CodecError as exc:
+            raise SourceError(f"source {self.name}: {asset}/{tag}: {exc}") from None
+        await self._write_raw(point.unit_id, point.table, point.address, payload, f"{asset}/{tag}")
+
+    async def call(self, asset: str, command: str, args: Sequence[Any] = ()) -> Any:
+        """A catalogue command mapped to a coil: writing ON triggers it (the PLC clears it)."""
+        target = (self.map.commands or {}).get((asset, command))
+        if target is None:
+            raise SourceError(f"source {self.name}: no Modbus command {asset}/{command}")
+        if args:
+            raise SourceError(
+                f"source {self.name}: {asset}/{command}: arguments are not supported over Modbus"
+            )
+        await self._write_raw(target.unit_id, target.table, target.address, True, f"{asset}/{command}")
+        return None
+
+    async def _write_raw(
+        self, unit: int, table: Table, address: int, payload: bool | list[int], what: str
+    ) -> None:
+        async with self._lock:
+            if (self._client is None or not self._client.connected) and not await self._connect_locked():
+                raise SourceUnavailable(f"source {self.name}: not connected; {what} not written")
+            assert self._client is not None
+            try:
+                if isinstance(payload, bool):
+                    response = await self._client.write_coil(address, payload, device_id=unit)
+                elif len(payload) == 1:
+                    response = await self._client.write_register(address, payload[0], device_id=unit)
+                else:
+                    response = await self._client.write_registers(address, payload, device_id=unit)
+            except ModbusIOException as exc:
+                raise SourceError(f"source {self.name}: {what}: no response ({exc})") from None
+            except (ConnectionException, OSError) as exc:
+                self._lost(str(exc))
+                raise SourceUnavailable(f"source {self.name}: {what}: connection lost") from None
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            raise SourceError(
+                f"source {self.name}: {what} ({table} {address}): refused with exception {code:02X}"
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        self._drop_client()
+        self._available = None

@@ -1,0 +1,191 @@
+"""Outbox cases modelled on Telegraf's buffer suite (models/buffer_suite_test.go, conventions §5.4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.sinks.outbox import AsyncOutbox, Outbox
+
+
+def recs(*names: str) -> list[tuple[str, bytes]]:
+    return [("t", n.encode()) for n in names]
+
+
+def payloads(outbox: Outbox, n: int = 1000) -> list[str]:
+    return [r.payload.decode() for r in outbox.peek(n)]
+
+
+@pytest.fixture
+def make(tmp_path: Path):  # type: ignore[no-untyped-def]
+    opened: list[Outbox] = []
+
+    def _make(max_rows: int = 5) -> Outbox:
+        ob = Outbox(tmp_path / "ob.sqlite", max_rows)
+        opened.append(ob)
+        return ob
+
+    yield _make
+    for ob in opened:
+        ob.close()
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "added", "depth", "dropped", "head"),
+    [
+        pytest.param(5, 3, 3, 0, ["0", "1", "2"], id="len-under"),
+        pytest.param(5, 5, 5, 0, ["0", "1", "2", "3", "4"], id="len-full"),
+        pytest.param(5, 8, 5, 3, ["3", "4", "5", "6", "7"], id="len-overfill-drops-oldest"),
+        pytest.param(1, 4, 1, 3, ["3"], id="len-one"),
+    ],
+)
+def test_len_and_overfill(make, max_rows, added, depth, dropped, head):  # type: ignore[no-untyped-def]
+    ob = make(max_rows)
+    for i in range(added):
+        ob.append(recs(str(i)))
+    assert ob.depth() == depth
+    assert ob.dropped_total == dropped
+    assert payloads(ob) == head
+
+
+def test_append_batch_larger_than_capacity_counts_every_drop(make):  # type: ignore[no-untyped-def]
+    ob = make(3)
+    assert ob.append(recs(*"abcdef")) == 3
+    assert payloads(ob) == ["d", "e", "f"]
+    assert ob.dropped_total == 3
+
+
+def test_batch_wrap_keeps_order(make):  # type: ignore[no-untyped-def]
+    # TestBufferBatchWrap: after the buffer has wrapped, batches still come oldest first.
+    ob = make(5)
+    ob.append(recs(*"abcde"))
+    batch = ob.peek(2)
+    ob.ack(batch[-1].id)
+    ob.append(recs(*"fgh"))  # fills to 6 -> drops "c"
+    assert payloads(ob) == ["d", "e", "f", "g", "h"]
+    assert [r.payload for r in ob.peek(3)] == [b"d", b"e", b"f"]
+    assert ob.dropped_total == 1
+
+
+def test_reject_leaves_batch(make):  # type: ignore[no-untyped-def]
+    ob = make(5)
+    ob.append(recs(*"abc"))
+    first = ob.peek(2)
+    # not acked (Reject): the same batch comes back, nothing is lost
+    assert ob.peek(2) == first
+    assert ob.depth() == 3
+
+
+def test_accept_removes_batch(make):  # type: ignore[no-untyped-def]
+    ob = make(5)
+    ob.append(recs(*"abc"))
+    batch = ob.peek(2)
+    assert ob.ack(batch[-1].id) == 2
+    assert payloads(ob) == ["c"]
+    assert ob.depth() == 1
+
+
+def test_overwrite_during_batch_then_accept_keeps_new(make):  # type: ignore[no-untyped-def]
+    # TestBufferMetricsOverwriteBatchAccept: the outstanding batch was overwritten by newer
+    # records; acking it must not remove the newer ones.
+    ob = make(3)
+    ob.append(recs(*"abc"))
+    batch = ob.peek(3)
+    ob.append(recs(*"xyz"))  # drops a, b, c
+    assert ob.ack(batch[-1].id) == 0
+    assert payloads(ob) == ["x", "y", "z"]
+    assert ob.dropped_total == 3
+
+
+def test_peek_after_cursor(make):  # type: ignore[no-untyped-def]
+    ob = make(10)
+    ob.append(recs(*"abcd"))
+    first = ob.peek(2)
+    assert [r.payload for r in ob.peek(10, after_id=first[-1].id)] == [b"c", b"d"]
+
+
+def test_discard_counts_separately(make):  # type: ignore[no-untyped-def]
+    ob = make(10)
+    ob.append(recs(*"abc"))
+    ob.discard(ob.peek(2)[-1].id)
+    assert ob.discarded_total == 2
+    assert ob.dropped_total == 0
+    assert payloads(ob) == ["c"]
+
+
+def test_reopen_keeps_data_order_and_counters(tmp_path: Path) -> None:
+    path = tmp_path / "ob.sqlite"
+    ob = Outbox(path, 3)
+    ob.append(recs(*"abcd"))  # drops a
+    ob.ack(ob.peek(1)[0].id)  # acks b
+    ob.close()
+    ob.close()  # idempotent
+    ob2 = Outbox(path, 3)
+    try:
+        assert payloads(ob2) == ["c", "d"]
+        assert ob2.depth() == 2
+        assert ob2.dropped_total == 1
+        ob2.append(recs("e"))
+        assert payloads(ob2) == ["c", "d", "e"]  # ids keep growing: order survives reopen
+    finally:
+        ob2.close()
+
+
+def test_oldest_age(tmp_path: Path) -> None:
+    now = [1000.0]
+    ob = Outbox(tmp_path / "ob.sqlite", 10, clock=lambda: now[0])
+    try:
+        assert ob.oldest_age_s() == 0.0
+        ob.append(recs("a"))
+        now[0] = 1002.5
+        ob.append(recs("b"))
+        assert ob.oldest_age_s() == pytest.approx(2.5)
+        ob.ack(ob.peek(1)[0].id)
+        assert ob.oldest_age_s() == pytest.approx(0.0)
+    finally:
+        ob.close()
+
+
+def test_survives_sigkill(tmp_path: Path) -> None:
+    """A committed append survives SIGKILL of the writing process."""
+    path = tmp_path / "ob.sqlite"
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from gateway.sinks.outbox import Outbox
+        ob = Outbox({str(path)!r}, 100)
+        ob.append([("t", b"a"), ("t", b"b")])
+        ob.append([("t", b"c")])
+        sys.stdout.write("appended\\n"); sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=os.getcwd()
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "appended" in proc.stdout
+    ob = Outbox(path, 100)
+    try:
+        assert payloads(ob) == ["a", "b", "c"]
+    finally:
+        ob.close()
+
+
+async def test_async_outbox(tmp_path: Path) -> None:
+    ob = await AsyncOutbox.open(tmp_path / "ob.sqlite", 2)
+    try:
+        assert await ob.append(recs(*"abc")) == 1
+        batch = await ob.peek(10)
+        assert [r.payload for r in batch] == [b"b", b"c"]
+        await ob.ack(batch[0].id)
+        assert ob.depth() == 1
+        assert ob.dropped_total == 1
+    finally:
+        await ob.close()

@@ -1,0 +1,276 @@
+"""ModbusSource against a real pymodbus server on a free loopback port (no fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from gateway.catalogue import parse_catalogue
+from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
+from gateway.readings import Reading
+from gateway.sources import ModbusSource, ModbusSourceConfig, SourceError
+from gateway.sources.modbus import BAD_CONFIGURATION_ERROR
+from tests.fixtures.servers import free_port
+
+DEADLINE_S = 10.0
+
+# Input registers: 123.456 in all four word orders (conventions §2.5), then other types.
+INPUT_REGISTERS = [
+    0x42F6, 0xE979,  # 0 ABCD
+    0xE979, 0x42F6,  # 2 CDAB
+    0xF642, 0x79E9,  # 4 BADC
+    0x79E9, 0xF642,  # 6 DCBA
+    0xFFFF, 0xFFFE,  # 8 int32 -2 (ABCD)
+    0x5678, 0x1234,  # 10 uint32 0x12345678 (CDAB)
+    0xFF85,  # 12 int16 -123
+    1234,  # 13 uint16 x 0.1 -> 123.4
+    0,  # 14 unmapped
+    0x4142, 0x4344, 0x4500,  # 15 string "ABCDE"
+    2,  # 18 enum
+]
+HOLDING_REGISTERS = [0, 0, 0, 0, 7]
+COILS = [True, False, False]
+DISCRETE_INPUTS = [False, True]
+
+
+class ModbusTestServer:
+    """A restartable pymodbus server; ``fail`` maps an address to the exception code to answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.fail: dict[tuple[int, int], ExcCodes] = {}  # (function code, address)
+        self.delay_s = 0.0
+        self._server: ModbusTcpServer | None = None
+
+    async def _action(
+        self, function_code: int, start_address: int, address: int, count: int, registers: list[int], values: Any
+    ) -> ExcCodes | None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        for a in range(address, address + count):
+            if (function_code, a) in self.fail:
+                return self.fail[(function_code, a)]
+        return None
+
+    async def start(self) -> None:
+        device = SimDevice(
+            id=1,
+            simdata=(
+                [SimData(0, values=list(COILS), datatype=DataType.BITS)],
+                [SimData(0, values=list(DISCRETE_INPUTS), datatype=DataType.BITS)],
+                [SimData(0, values=list(HOLDING_REGISTERS), datatype=DataType.REGISTERS)],
+                [SimData(0, values=list(INPUT_REGISTERS), datatype=DataType.REGISTERS)],
+            ),
+            action=self._action,
+        )
+        self._server = ModbusTcpServer([device], address=("127.0.0.1", self.port))
+        await self._server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ModbusTestServer]:
+    srv = ModbusTestServer(free_port())
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def tag(asset: str, key: str, table: str, address: int, datatype: str, **extra: Any) -> dict[str, Any]:
+    return {"asset": asset, "key": key, "table": table, "address": address, "datatype": datatype, **extra}
+
+
+TAGS = [
+    tag("m", "f_abcd", "input_register", 0, "float32", word_order="ABCD"),
+    tag("m", "f_cdab", "input_register", 2, "float32", word_order="CDAB"),
+    tag("m", "f_badc", "input_register", 4, "float32", word_order="BADC"),
+    tag("m", "f_dcba", "input_register", 6, "float32", word_order="DCBA"),
+    tag("m", "i32", "input_register", 8, "int32"),
+    tag("m", "u32", "input_register", 10, "uint32", word_order="CDAB"),
+    tag("m", "i16", "input_register", 12, "int16"),
+    tag("m", "u16", "input_register", 13, "uint16", scale=0.1, unit="MTS"),
+    tag("m", "name", "input_register", 15, "string", count=3),
+    tag("m", "mode", "input_register", 18, "enum"),
+    tag("m", "setpoint", "holding_register", 0, "float32", access="rw"),
+    tag("m", "limit", "holding_register", 4, "uint16", access="rw", scale=0.5),
+    tag("m", "run", "coil", 0, "bool", access="rw"),
+    tag("m", "estop", "discrete_input", 1, "bool"),
+]
+EXPECTED = {
+    "f_abcd": 123.456, "f_cdab": 123.456, "f_badc": 123.456, "f_dcba": 123.456,
+    "i32": -2, "u32": 0x12345678, "i16": -123, "u16": 123.4, "name": "ABCDE", "mode": 2,
+    "setpoint": 0.0, "limit": 3.5, "run": True, "estop": True,
+}
+
+
+def config(port: int, **extra: Any) -> ModbusSourceConfig:
+    base: dict[str, Any] = {
+        "name": "meter", "host": "127.0.0.1", "port": port, "timeout_s": 1.0, "retries": 0,
+        "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "tags": TAGS, "readable_blocks": [
+            {"table": "input_register", "address": 0, "count": 19}
+        ],
+    }
+    return ModbusSourceConfig.model_validate(base | extra)
+
+
+def by_key(readings: list[Reading]) -> dict[str, Reading]:
+    return {r.tag: r for r in readings}
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, deadline_s: float = DEADLINE_S) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"not within {deadline_s}s: {what}")
+
+
+async def test_reads_every_datatype_and_word_order(server: ModbusTestServer) -> None:
+    async with ModbusSource(config(server.port)) as source:
+        # IR 0..18 is one declared block, so the gap at IR 14 is bridged (one IR request); HR 2-3 is
+        # not declared readable, so HR takes two: coil + DI + 2 HR + 1 IR.
+        assert len(source.plan) == 5
+        got = by_key(await source.read())
+    assert set(got) == set(EXPECTED)
+    for key, value in EXPECTED.items():
+        assert got[key].quality == GOOD, key
+        assert got[key].value == pytest.approx(value), key
+    assert got["u16"].unit == "MTS"
+    assert got["u16"].device == "meter"
+
+
+async def test_write_round_trips_through_the_codec(server: ModbusTestServer) -> None:
+    async with ModbusSource(config(server.port)) as source:
+        await source.write("m", "setpoint", 42.5)
+        await source.write("m", "limit", 10.0)  # raw 20 at scale 0.5
+        await source.write("m", "run", False)
+        got = by_key(await source.read())
+        assert (got["setpoint"].value, got["limit"].value, got["run"].value) == (42.5, 10.0, False)
+        with pytest.raises(SourceError, match="read-only"):
+            await source.write("m", "i16", 1)
+        with pytest.raises(SourceError, match="out of range"):
+            await source.write("m", "limit", 1e9)
+
+
+async def test_device_exceptions_become_bad_quality_for_their_request_only(server: ModbusTestServer) -> None:
+    server.fail = {(4, 0): ExcCodes.DEVICE_FAILURE, (3, 4): ExcCodes.ILLEGAL_ADDRESS}
+    async with ModbusSource(config(server.port)) as source:
+        got = by_key(await source.read())
+        assert source.connected  # exceptions are answers: the link is fine
+    assert not source.connected  # closed
+    assert got["f_abcd"].quality == BAD_DEVICE_FAILURE  # exception 04
+    assert got["f_abcd"].value is None
+    assert got["limit"].quality == BAD_CONFIGURATION_ERROR  # exception 02 on HR 4
+    assert got["setpoint"].quality == GOOD  # a separate request (HR 2-3 is not declared)
+    assert got["run"].quality == GOOD
+    assert got["estop"].quality == GOOD
+
+
+async def test_timeout_becomes_bad_timeout(server: ModbusTestServer) -> None:
+    server.delay_s = 0.5
+    async with ModbusSource(config(server.port, timeout_s=0.1)) as source:
+        got = await source.read()
+        assert {r.quality for r in got} == {BAD_TIMEOUT}
+        server.delay_s = 0.0
+        await until(lambda: _all_good(source), "recovery after timeouts")
+
+
+async def _all_good(source: ModbusSource) -> bool:
+    return all(r.quality == GOOD for r in await source.read())
+
+
+async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.sources.base")
+    srv = ModbusTestServer(free_port())
+    async with ModbusSource(config(srv.port)) as source:  # connect() must not raise
+        for _ in range(3):
+            got = await source.read()
+            assert len(got) == len(TAGS)
+            assert {r.quality for r in got} == {BAD_NO_COMMUNICATION}
+        assert not source.connected
+        await srv.start()
+        try:
+            await until(lambda: _all_good(source), "source recovers by itself")
+            assert source.connected
+        finally:
+            await srv.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1  # logged once, not once per poll
+    assert sum("connected" in m and "meter" in m for m in messages) == 1
+
+
+async def test_server_stopped_mid_run_then_back(server: ModbusTestServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.sources.base")
+    async with ModbusSource(config(server.port)) as source:
+        assert await _all_good(source)
+        await server.stop()
+
+        async def all_bad() -> bool:
+            return {r.quality for r in await source.read()} == {BAD_NO_COMMUNICATION}
+
+        await until(all_bad, "bad quality while the server is down")
+        assert not source.connected
+        for _ in range(3):
+            await source.read()
+        await server.start()
+        await until(lambda: _all_good(source), "recovery after restart")
+    lost = [r for r in caplog.records if "connection lost" in r.getMessage()]
+    assert len(lost) == 1
+
+
+def catalogue_doc(port: int) -> dict[str, Any]:
+    return {
+        "format": "twinedge-catalogue", "version": 1, "plant": "test", "future_field": {"ignored": True},
+        "plcs": [{
+            "id": "plc1", "site": "s1", "area": "a1", "opcua": None,
+            "modbus": {"host": "127.0.0.1", "port": port, "unit_id": 1, "word_order": "CDAB",
+                       "heartbeat": {"table": "input_register", "address": 17}},
+            "assets": [{
+                "id": "conv1", "type": "conveyor", "unit_id": 1, "status_register": {"whatever": 1},
+                "tags": [
+                    {"key": "speed", "datatype": "float32", "kind": "analog", "unit": "MTS", "access": "ro",
+                     "opcua": {"browse_path": ["s1", "a1", "plc1", "conv1", "speed"]},
+                     "modbus": {"table": "input_register", "address": 2, "count": 2, "scale": 1, "offset": 0}},
+                    {"key": "hours", "datatype": "uint32", "access": "ro",
+                     "modbus": {"table": "input_register", "address": 10, "count": 2}},
+                    {"key": "running", "datatype": "bool", "access": "rw",
+                     "modbus": {"table": "coil", "address": 0, "count": 1}},
+                ],
+                "commands": [{"name": "reset", "args": [], "modbus": {"table": "coil", "address": 2}}],
+            }],
+        }],
+    }
+
+
+async def test_catalogue_plc_source_reads_and_calls(server: ModbusTestServer) -> None:
+    catalogue = parse_catalogue(catalogue_doc(server.port))
+    cfg = ModbusSourceConfig(name="plc1", plc="plc1", reconnect_min_s=0.05, reconnect_max_s=0.3)
+    async with ModbusSource(cfg, catalogue) as source:
+        got = by_key(await source.read())
+        assert got["speed"].value == pytest.approx(123.456)  # PLC-wide CDAB
+        assert got["hours"].value == 0x12345678
+        assert (got["speed"].site, got["speed"].area, got["speed"].asset) == ("s1", "a1", "conv1")
+        await source.call("conv1", "reset")
+        with pytest.raises(SourceError):
+            await source.call("conv1", "nope")
+        await source.write("conv1", "running", False)
+        assert by_key(await source.read())["running"].value is False
+
+
+async def test_close_is_idempotent_and_constructor_does_no_io() -> None:
+    source = ModbusSource(config(free_port()))  # nothing listens: the constructor must not care
+    await source.close()
+    await source.close()
