@@ -34,6 +34,8 @@ class ModbusEndpointConfig(StrictModel):
     port: int = Field(ge=1, le=65535)
     unit_id: int = Field(default=1, ge=1, le=247)
     word_order: WordOrder = "ABCD"
+    unit_per_asset: bool = False  # give asset n its own unit id (unit_id + n), like a serial gateway
+    fault_value: float | None = None  # what a Bad-quality tag reads; None keeps the sensor's fault value
 
 
 class AssetConfig(StrictModel):

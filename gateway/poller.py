@@ -11,6 +11,7 @@ the end of the streak at INFO, so a permanently slow device does not flood the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -112,10 +113,8 @@ class Poller:
         while True:
             delay = due - time.monotonic()
             if delay > 0 and not job.wake.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(job.wake.wait(), delay)
-                except TimeoutError:
-                    pass
             job.wake.clear()
             started = time.monotonic()
             await self._poll_once(job)

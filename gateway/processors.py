@@ -42,10 +42,7 @@ class Deadband:
         if self.absolute is not None:
             limits.append(self.absolute)
         if self.percent is not None:
-            if self.eu_range is not None:
-                base = abs(self.eu_range[1] - self.eu_range[0])
-            else:
-                base = abs(last)
+            base = abs(self.eu_range[1] - self.eu_range[0]) if self.eu_range is not None else abs(last)
             limits.append(base * self.percent / 100.0)
         # Both given: the larger one wins, so the stricter filter is never silently loosened.
         return max(limits) if limits else 0.0

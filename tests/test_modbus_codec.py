@@ -48,7 +48,9 @@ def test_round_trip(order: WordOrder, datatype: DataType, values: list[float]) -
     registers = encode(values, datatype, order)
     assert registers.shape == (len(values), register_count(datatype))
     decoded = [decode(row, datatype, order) for row in registers]
-    assert decoded == pytest.approx([float(np.float32(v)) if datatype is DataType.FLOAT32 else v for v in values])
+    assert decoded == pytest.approx(
+        [float(np.float32(v)) if datatype is DataType.FLOAT32 else v for v in values]
+    )
 
 
 @pytest.mark.parametrize(

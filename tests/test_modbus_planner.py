@@ -36,9 +36,9 @@ def test_gap_is_not_bridged_without_declared_readable_addresses() -> None:
 
 def test_gap_bridged_when_declared_readable_and_small_enough() -> None:
     spans = [Span(1, "holding_register", 0, 20)]
-    assert [(r.address, r.count) for r in plan_reads([item(0, 2), item(4, 2)], max_gap=2, readable=spans)] == [
-        (0, 6)
-    ]
+    assert [
+        (r.address, r.count) for r in plan_reads([item(0, 2), item(4, 2)], max_gap=2, readable=spans)
+    ] == [(0, 6)]
     # max_gap still applies inside a readable block
     assert len(plan_reads([item(0, 2), item(10, 2)], max_gap=2, readable=spans)) == 2
 
@@ -96,8 +96,12 @@ spans_st = st.lists(
 
 
 def _fix_bits(items: list[PlanItem]) -> list[PlanItem]:
-    return [PlanItem(i.unit_id, i.table, i.address, 1 if i.table in ("coil", "discrete_input") else i.count, i.key)
-            for i in items]
+    return [
+        PlanItem(
+            i.unit_id, i.table, i.address, 1 if i.table in ("coil", "discrete_input") else i.count, i.key
+        )
+        for i in items
+    ]
 
 
 def _readable(items: list[PlanItem], spans: list[Span]) -> set[tuple[int, str, int]]:
@@ -151,7 +155,8 @@ def test_plan_properties(items: list[PlanItem], spans: list[Span], max_gap: int,
         assert 1 <= r.count <= limit
         for i in r.items:
             assert (i.unit_id, i.table) == (r.unit_id, r.table)
-            assert r.address <= i.address and i.end <= r.end
+            assert r.address <= i.address
+            assert i.end <= r.end
         # never an address the map does not declare readable
         assert all((r.unit_id, r.table, a) in readable for a in range(r.address, r.end))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from devices.assets.base import Array, ArgValue, AssetModel, State
+from devices.assets.base import ArgValue, Array, AssetModel, State
 from devices.assets.conveyor import Conveyor
 from devices.assets.registry import ASSET_TYPES
 from devices.clock import VirtualClock
@@ -33,23 +33,44 @@ class Gadget(AssetModel):
 
     type_name: ClassVar[str] = "test-gadget"
     tags: ClassVar[tuple[TagSpec, ...]] = (
-        TagSpec("pressure", DataType.INT16, TagKind.MEASUREMENT, "Pressure", unit="BAR",
-                eu_range=(0.0, 10.0), scale=0.01),
+        TagSpec(
+            "pressure",
+            DataType.INT16,
+            TagKind.MEASUREMENT,
+            "Pressure",
+            unit="BAR",
+            eu_range=(0.0, 10.0),
+            scale=0.01,
+        ),
         TagSpec("mode", DataType.ENUM, TagKind.STATE, "Mode", enum_strings=("off", "auto", "manual")),
         TagSpec("overheat", DataType.BOOL, TagKind.ALARM, "Overheat"),
         TagSpec("limit", DataType.FLOAT32, TagKind.SETPOINT, "Factory limit", eu_range=(0.0, 100.0)),
-        TagSpec("target", DataType.INT32, TagKind.SETPOINT, "Target", eu_range=(-1000.0, 1000.0),
-                access=Access.RW),
+        TagSpec(
+            "target", DataType.INT32, TagKind.SETPOINT, "Target", eu_range=(-1000.0, 1000.0), access=Access.RW
+        ),
         TagSpec("enabled", DataType.BOOL, TagKind.SETPOINT, "Enabled", access=Access.RW),
-        TagSpec("level", DataType.UINT16, TagKind.SETPOINT, "Level", eu_range=(0.0, 5000.0),
-                access=Access.RW, scale=10.0),
+        TagSpec(
+            "level",
+            DataType.UINT16,
+            TagKind.SETPOINT,
+            "Level",
+            eu_range=(0.0, 5000.0),
+            access=Access.RW,
+            scale=10.0,
+        ),
     )
     commands: ClassVar[tuple[CommandSpec, ...]] = (CommandSpec("reset", "Reset"),)
 
     def initial_state(self, count: int, rng: np.random.Generator) -> State:
-        return {"pressure": np.linspace(1.0, 2.0, count), "mode": np.ones(count), "overheat": np.zeros(count),
-                "limit": np.full(count, 80.0), "target": np.full(count, -5.0), "enabled": np.ones(count),
-                "level": np.full(count, 1230.0)}
+        return {
+            "pressure": np.linspace(1.0, 2.0, count),
+            "mode": np.ones(count),
+            "overheat": np.zeros(count),
+            "limit": np.full(count, 80.0),
+            "target": np.full(count, -5.0),
+            "enabled": np.ones(count),
+            "level": np.full(count, 1230.0),
+        }
 
     def step(self, state: State, dt: float, rng: np.random.Generator) -> State:
         return {**state, "pressure": state["pressure"] + 0.01}
@@ -87,12 +108,21 @@ class Rig:
 @pytest.fixture
 async def rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
     monkeypatch.setitem(ASSET_TYPES, Gadget.type_name, Gadget)
-    config = PlcConfig.model_validate({
-        "id": "plc-test", "opcua": {"port": 4840}, "modbus": {"port": 5020, "unit_id": 1},
-        "assets": [{"type": "conveyor", "id": "conveyor", "count": 3}, {"type": Gadget.type_name, "id": "gadget"}],
-    })
+    config = PlcConfig.model_validate(
+        {
+            "id": "plc-test",
+            "opcua": {"port": 4840},
+            "modbus": {"port": 5020, "unit_id": 1},
+            "assets": [
+                {"type": "conveyor", "id": "conveyor", "count": 3},
+                {"type": Gadget.type_name, "id": "gadget"},
+            ],
+        }
+    )
     conveyors = tuple(config.assets[0].instance_ids(1))
-    plc = Plc("plc-test", [AssetGroup(Conveyor(), conveyors), AssetGroup(Gadget(), ("gadget",))], VirtualClock())
+    plc = Plc(
+        "plc-test", [AssetGroup(Conveyor(), conveyors), AssetGroup(Gadget(), ("gadget",))], VirtualClock()
+    )
     exposer = ModbusExposer(plc, "site", "area", config, PlantSettings(), port=0)
     async with exposer:
         plc.scan()
@@ -134,7 +164,11 @@ async def test_every_tag_reads_what_the_process_image_holds(rig: Rig) -> None:
                 got = (await client.read_coils(point.address, count=1, device_id=1)).bits[0]
                 assert got == bool(expected), spec.key
             else:
-                read = client.read_input_registers if table is Table.INPUT_REGISTER else client.read_holding_registers
+                read = (
+                    client.read_input_registers
+                    if table is Table.INPUT_REGISTER
+                    else client.read_holding_registers
+                )
                 response = await read(point.address, count=slot.count, device_id=1)
                 assert not response.isError(), (spec.key, response)
                 value = decode(response.registers, spec.datatype, rmap.word_order, slot.scale, slot.offset_eu)
@@ -168,8 +202,9 @@ async def test_status_bits_flag_a_faulted_sensor(rig: Rig) -> None:
 
 
 async def test_status_bits_all_set_before_the_first_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = PlcConfig.model_validate({"id": "p", "opcua": {"port": 1}, "modbus": {"port": 2},
-                                       "assets": [{"type": "conveyor", "id": "c"}]})
+    config = PlcConfig.model_validate(
+        {"id": "p", "opcua": {"port": 1}, "modbus": {"port": 2}, "assets": [{"type": "conveyor", "id": "c"}]}
+    )
     plc = Plc("p", [AssetGroup(Conveyor(), ("c",))], VirtualClock())
     async with ModbusExposer(plc, "s", "a", config, PlantSettings(), port=0) as exposer:
         rig = Rig(plc, exposer)
@@ -194,10 +229,16 @@ async def test_writes_take_effect_at_the_next_scan(rig: Rig) -> None:
         _, enabled_address, _ = gadget.address("enabled")
         assert not (await client.write_coils(enabled_address, [False], device_id=1)).isError()
         _, target_address, _ = gadget.address("target")
-        rw = await client.readwrite_registers(read_address=level_address, read_count=1, write_address=target_address,
-                                              values=[0xFFFF, 0xFF38], device_id=1)  # -200
+        rw = await client.readwrite_registers(
+            read_address=level_address,
+            read_count=1,
+            write_address=target_address,
+            values=[0xFFFF, 0xFF38],
+            device_id=1,
+        )  # -200
         assert rw.registers == [123]  # FC23 reads the image as it was before the write is applied
-        assert rig.plc.image is not None and rig.plc.image.lookup("conveyor-01", "speed_setpoint")[0] == 1.5
+        assert rig.plc.image is not None
+        assert rig.plc.image.lookup("conveyor-01", "speed_setpoint")[0] == 1.5
 
         rig.plc.scan()
         image = rig.plc.image
@@ -258,12 +299,14 @@ async def test_exceptions_specific_to_the_gadget(rig: Rig) -> None:
     assert await rig.raw(bytes.fromhex("04 0000 0001"), unit=9) == b"\x84\x0b"
     # 0 and 255 address the PLC itself
     assert await rig.raw(bytes.fromhex("04 0000 0001"), unit=255) == b"\x04\x02" + struct.pack(
-        ">H", rig.plc.scan_count)
+        ">H", rig.plc.scan_count
+    )
     # A rejected multi-write queues nothing: valid first setpoint, invalid second.
     pdu = struct.pack(">BHHB", 16, 100, 4, 8) + struct.pack(">ff", 1.0, 9.0)
     assert await rig.raw(pdu) == b"\x90\x03"
     rig.plc.scan()
-    assert rig.plc.image is not None and rig.plc.image.lookup("conveyor-01", "speed_setpoint")[0] == 1.5
+    assert rig.plc.image is not None
+    assert rig.plc.image.lookup("conveyor-01", "speed_setpoint")[0] == 1.5
 
 
 async def test_pymodbus_sees_exceptions(rig: Rig) -> None:
@@ -271,9 +314,11 @@ async def test_pymodbus_sees_exceptions(rig: Rig) -> None:
     await client.connect()
     try:
         response = await client.read_input_registers(100, count=21, device_id=1)
-        assert response.isError() and response.exception_code == 2
+        assert response.isError()
+        assert response.exception_code == 2
         response = await client.write_register(1, 7, device_id=1)
-        assert response.isError() and response.exception_code == 2
+        assert response.isError()
+        assert response.exception_code == 2
     finally:
         client.close()
 
@@ -330,7 +375,9 @@ async def test_malformed_frames_and_disconnects_do_not_hurt_others(rig: Rig) -> 
 async def test_pipelined_requests_on_one_connection(rig: Rig) -> None:
     reader, writer = await asyncio.open_connection(rig.host, rig.port)
     try:
-        frames = b"".join(struct.pack(">HHHB", tid, 0, 6, 1) + bytes.fromhex("04 0000 0001") for tid in (1, 2, 3))
+        frames = b"".join(
+            struct.pack(">HHHB", tid, 0, 6, 1) + bytes.fromhex("04 0000 0001") for tid in (1, 2, 3)
+        )
         writer.write(frames)
         for tid in (1, 2, 3):
             header = await asyncio.wait_for(reader.readexactly(7), DEADLINE_S)
@@ -344,6 +391,7 @@ async def test_many_concurrent_clients(rig: Rig) -> None:
     clients = [rig.client() for _ in range(25)]
     await asyncio.gather(*(c.connect() for c in clients))
     try:
+
         async def poll(client: AsyncModbusTcpClient) -> list[int]:
             values = []
             for _ in range(10):
@@ -403,8 +451,11 @@ async def test_fault_injection(rig: Rig) -> None:
 async def test_close_is_idempotent_and_start_rebinds(rig: Rig) -> None:
     await rig.exposer.close()
     await rig.exposer.close()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await rig.raw(bytes.fromhex("04 0000 0001"))
+    await rig.exposer.start()  # port 0 was asked for: a new free port
+    rig.host, rig.port = rig.exposer.address
+    assert (await rig.raw(bytes.fromhex("04 0000 0001")))[0] == 0x04
 
 
 MBPOLL = shutil.which("mbpoll")
@@ -412,8 +463,9 @@ MBPOLL = shutil.which("mbpoll")
 
 async def _mbpoll(*args: str) -> str:
     assert MBPOLL is not None
-    proc = await asyncio.create_subprocess_exec(MBPOLL, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        MBPOLL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, out.decode()
     return out.decode()

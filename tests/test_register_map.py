@@ -95,7 +95,9 @@ def test_adding_a_tag_to_a_type_does_not_move_other_assets() -> None:
     after = build_register_map("p", [("c1", Conveyor), ("p1", PumpWithMoreTags), ("c2", Conveyor)])
     for asset_id in ("c1", "c2"):
         keys = [spec.key for spec in Conveyor.tags]
-        assert [before.asset(asset_id).address(k) for k in keys] == [after.asset(asset_id).address(k) for k in keys]
+        assert [before.asset(asset_id).address(k) for k in keys] == [
+            after.asset(asset_id).address(k) for k in keys
+        ]
     # Appending keeps the type's own existing addresses, command coils included.
     for spec in Pump.tags:
         assert before.asset("p1").address(spec.key) == after.asset("p1").address(spec.key)
@@ -140,18 +142,47 @@ def test_catalogue_schema_and_determinism() -> None:
     assert (catalogue["format"], catalogue["version"]) == ("twinedge-catalogue", 1)
     plc = catalogue["plcs"][0]
     assert set(plc) == {"id", "site", "area", "opcua", "modbus", "assets"}
-    assert plc["opcua"] == {"endpoint": f"opc.tcp://{config.plant.endpoint_host}:4840",
-                            "namespace_uri": "urn:twinedge:plant"}
+    assert plc["opcua"] == {
+        "endpoint": f"opc.tcp://{config.plant.endpoint_host}:4840",
+        "namespace_uri": "urn:twinedge:plant",
+    }
     assert plc["modbus"]["heartbeat"] == {"table": "input_register", "address": 0}
     asset = plc["assets"][0]
     assert set(asset) == {"id", "type", "unit_id", "status_register", "tags", "commands"}
     tag = asset["tags"][0]
-    assert set(tag) == {"key", "datatype", "kind", "unit", "unit_symbol", "eu_range", "access", "description",
-                        "enum_strings", "opcua", "modbus"}
-    assert tag["opcua"]["browse_path"] == ["factory", "machine-shop", "plc-shop-1", "conveyor-01", "belt_speed"]
-    assert tag["modbus"] == {"table": "input_register", "address": 104, "count": 2, "scale": 1.0, "offset": 0.0}
-    assert asset["commands"][0] == {"name": "start", "description": "Start the drive", "args": [],
-                                    "modbus": {"table": "coil", "address": 150}}
+    assert set(tag) == {
+        "key",
+        "datatype",
+        "kind",
+        "unit",
+        "unit_symbol",
+        "eu_range",
+        "access",
+        "description",
+        "enum_strings",
+        "opcua",
+        "modbus",
+    }
+    assert tag["opcua"]["browse_path"] == [
+        "factory",
+        "machine-shop",
+        "plc-shop-1",
+        "conveyor-01",
+        "belt_speed",
+    ]
+    assert tag["modbus"] == {
+        "table": "input_register",
+        "address": 104,
+        "count": 2,
+        "scale": 1.0,
+        "offset": 0.0,
+    }
+    assert asset["commands"][0] == {
+        "name": "start",
+        "description": "Start the drive",
+        "args": [],
+        "modbus": {"table": "coil", "address": 150},
+    }
     assert render_registers(config, "plc-shop-1", "json") == render_registers(config, None, "json")
 
 
@@ -160,7 +191,8 @@ def test_catalogue_nulls_for_disabled_endpoints() -> None:
     data["sites"][0]["areas"][0]["plcs"][0]["modbus"]["enabled"] = False
     data["sites"][0]["areas"][0]["plcs"][0]["opcua"]["enabled"] = False
     plc = build_catalogue(PlantConfig.model_validate(data))["plcs"][0]
-    assert plc["opcua"] is None and plc["modbus"] is None
+    assert plc["opcua"] is None
+    assert plc["modbus"] is None
     assert plc["assets"][0]["tags"][0]["modbus"] is None
 
 
@@ -178,3 +210,24 @@ def test_docs_registers_md_is_current() -> None:
     path = ROOT / "docs" / "registers.md"
     current = path.read_text(encoding="utf-8") if path.exists() else ""
     assert current == expected, "docs/registers.md is stale: regenerate it with `make registers-doc`"
+
+
+def test_every_registered_asset_type_fits_and_encodes() -> None:
+    """Guards asset-type authors: each registered type fits its block and its image encodes."""
+    from devices.assets.registry import ASSET_TYPES
+    from devices.clock import VirtualClock
+    from devices.modbus.image import RegisterImage
+    from devices.modbus.protocol import RequestHandler
+    from devices.plc import AssetGroup, Plc
+
+    assets = [(f"{name}-1", model) for name, model in sorted(ASSET_TYPES.items())]
+    rmap = build_register_map("all", assets)
+    groups = [AssetGroup(model(), (asset_id,)) for asset_id, model in assets]
+    plc = Plc("all", groups, VirtualClock())
+    image = RegisterImage(rmap)
+    image.update(plc.scan())
+    handler = RequestHandler(lambda: image, plc)
+    for block in rmap.assets:
+        used = max(s.offset + s.count for s in block.layout.tags if s.table is Table.INPUT_REGISTER)
+        response = handler.handle(1, bytes([4]) + block.base.to_bytes(2, "big") + used.to_bytes(2, "big"))
+        assert response[0] == 4, (block.model.type_name, response.hex())

@@ -24,16 +24,24 @@ DEADLINE_S = 10.0
 
 # Input registers: 123.456 in all four word orders (conventions §2.5), then other types.
 INPUT_REGISTERS = [
-    0x42F6, 0xE979,  # 0 ABCD
-    0xE979, 0x42F6,  # 2 CDAB
-    0xF642, 0x79E9,  # 4 BADC
-    0x79E9, 0xF642,  # 6 DCBA
-    0xFFFF, 0xFFFE,  # 8 int32 -2 (ABCD)
-    0x5678, 0x1234,  # 10 uint32 0x12345678 (CDAB)
+    0x42F6,
+    0xE979,  # 0 ABCD
+    0xE979,
+    0x42F6,  # 2 CDAB
+    0xF642,
+    0x79E9,  # 4 BADC
+    0x79E9,
+    0xF642,  # 6 DCBA
+    0xFFFF,
+    0xFFFE,  # 8 int32 -2 (ABCD)
+    0x5678,
+    0x1234,  # 10 uint32 0x12345678 (CDAB)
     0xFF85,  # 12 int16 -123
     1234,  # 13 uint16 x 0.1 -> 123.4
     0,  # 14 unmapped
-    0x4142, 0x4344, 0x4500,  # 15 string "ABCDE"
+    0x4142,
+    0x4344,
+    0x4500,  # 15 string "ABCDE"
     2,  # 18 enum
 ]
 HOLDING_REGISTERS = [0, 0, 0, 0, 7]
@@ -51,7 +59,13 @@ class ModbusTestServer:
         self._server: ModbusTcpServer | None = None
 
     async def _action(
-        self, function_code: int, start_address: int, address: int, count: int, registers: list[int], values: Any
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        values: Any,
     ) -> ExcCodes | None:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -109,18 +123,34 @@ TAGS = [
     tag("m", "estop", "discrete_input", 1, "bool"),
 ]
 EXPECTED = {
-    "f_abcd": 123.456, "f_cdab": 123.456, "f_badc": 123.456, "f_dcba": 123.456,
-    "i32": -2, "u32": 0x12345678, "i16": -123, "u16": 123.4, "name": "ABCDE", "mode": 2,
-    "setpoint": 0.0, "limit": 3.5, "run": True, "estop": True,
+    "f_abcd": 123.456,
+    "f_cdab": 123.456,
+    "f_badc": 123.456,
+    "f_dcba": 123.456,
+    "i32": -2,
+    "u32": 0x12345678,
+    "i16": -123,
+    "u16": 123.4,
+    "name": "ABCDE",
+    "mode": 2,
+    "setpoint": 0.0,
+    "limit": 3.5,
+    "run": True,
+    "estop": True,
 }
 
 
 def config(port: int, **extra: Any) -> ModbusSourceConfig:
     base: dict[str, Any] = {
-        "name": "meter", "host": "127.0.0.1", "port": port, "timeout_s": 1.0, "retries": 0,
-        "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "tags": TAGS, "readable_blocks": [
-            {"table": "input_register", "address": 0, "count": 19}
-        ],
+        "name": "meter",
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout_s": 1.0,
+        "retries": 0,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.3,
+        "tags": TAGS,
+        "readable_blocks": [{"table": "input_register", "address": 0, "count": 19}],
     }
     return ModbusSourceConfig.model_validate(base | extra)
 
@@ -212,7 +242,9 @@ async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture) ->
     assert sum("connected" in m and "meter" in m for m in messages) == 1
 
 
-async def test_server_stopped_mid_run_then_back(server: ModbusTestServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_server_stopped_mid_run_then_back(
+    server: ModbusTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.sources.base")
     async with ModbusSource(config(server.port)) as source:
         assert await _all_good(source)
@@ -233,25 +265,65 @@ async def test_server_stopped_mid_run_then_back(server: ModbusTestServer, caplog
 
 def catalogue_doc(port: int) -> dict[str, Any]:
     return {
-        "format": "twinedge-catalogue", "version": 1, "plant": "test", "future_field": {"ignored": True},
-        "plcs": [{
-            "id": "plc1", "site": "s1", "area": "a1", "opcua": None,
-            "modbus": {"host": "127.0.0.1", "port": port, "unit_id": 1, "word_order": "CDAB",
-                       "heartbeat": {"table": "input_register", "address": 17}},
-            "assets": [{
-                "id": "conv1", "type": "conveyor", "unit_id": 1, "status_register": {"whatever": 1},
-                "tags": [
-                    {"key": "speed", "datatype": "float32", "kind": "analog", "unit": "MTS", "access": "ro",
-                     "opcua": {"browse_path": ["s1", "a1", "plc1", "conv1", "speed"]},
-                     "modbus": {"table": "input_register", "address": 2, "count": 2, "scale": 1, "offset": 0}},
-                    {"key": "hours", "datatype": "uint32", "access": "ro",
-                     "modbus": {"table": "input_register", "address": 10, "count": 2}},
-                    {"key": "running", "datatype": "bool", "access": "rw",
-                     "modbus": {"table": "coil", "address": 0, "count": 1}},
+        "format": "twinedge-catalogue",
+        "version": 1,
+        "plant": "test",
+        "future_field": {"ignored": True},
+        "plcs": [
+            {
+                "id": "plc1",
+                "site": "s1",
+                "area": "a1",
+                "opcua": None,
+                "modbus": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "unit_id": 1,
+                    "word_order": "CDAB",
+                    "heartbeat": {"table": "input_register", "address": 17},
+                },
+                "assets": [
+                    {
+                        "id": "conv1",
+                        "type": "conveyor",
+                        "unit_id": 1,
+                        "status_register": {"whatever": 1},
+                        "tags": [
+                            {
+                                "key": "speed",
+                                "datatype": "float32",
+                                "kind": "analog",
+                                "unit": "MTS",
+                                "access": "ro",
+                                "opcua": {"browse_path": ["s1", "a1", "plc1", "conv1", "speed"]},
+                                "modbus": {
+                                    "table": "input_register",
+                                    "address": 2,
+                                    "count": 2,
+                                    "scale": 1,
+                                    "offset": 0,
+                                },
+                            },
+                            {
+                                "key": "hours",
+                                "datatype": "uint32",
+                                "access": "ro",
+                                "modbus": {"table": "input_register", "address": 10, "count": 2},
+                            },
+                            {
+                                "key": "running",
+                                "datatype": "bool",
+                                "access": "rw",
+                                "modbus": {"table": "coil", "address": 0, "count": 1},
+                            },
+                        ],
+                        "commands": [
+                            {"name": "reset", "args": [], "modbus": {"table": "coil", "address": 2}}
+                        ],
+                    }
                 ],
-                "commands": [{"name": "reset", "args": [], "modbus": {"table": "coil", "address": 2}}],
-            }],
-        }],
+            }
+        ],
     }
 
 

@@ -33,7 +33,9 @@ VARIABLES: dict[str, tuple[ua.VariantType, Any]] = {
     "name": (ua.VariantType.String, "P-101"),
     "label": (ua.VariantType.LocalizedText, ua.LocalizedText("hello")),
 }
-EXPECTED: dict[str, Any] = {k: (v.Text if isinstance(v, ua.LocalizedText) else v) for k, (_, v) in VARIABLES.items()}
+EXPECTED: dict[str, Any] = {
+    k: (v.Text if isinstance(v, ua.LocalizedText) else v) for k, (_, v) in VARIABLES.items()
+}
 
 
 class OpcUaTestServer:
@@ -63,7 +65,11 @@ class OpcUaTestServer:
         keys = list(VARIABLES)
         for key in reversed(keys) if variant else keys:
             vtype, value = VARIABLES[key]
-            if isinstance(value, float | int) and not isinstance(value, bool) and vtype != ua.VariantType.UInt32:
+            if (
+                isinstance(value, float | int)
+                and not isinstance(value, bool)
+                and vtype != ua.VariantType.UInt32
+            ):
                 value = type(value)(value + offset)
             node = await asset.add_variable(idx, key, value, varianttype=vtype)
             await node.set_writable()
@@ -98,10 +104,19 @@ def catalogue_for(endpoint: str) -> Any:
     ]
     tags.append({"key": "ghost", "datatype": "float32", "opcua": {"browse_path": [*PATH, "pump1", "ghost"]}})
     doc = {
-        "format": "twinedge-catalogue", "version": 1, "plant": "t",
-        "plcs": [{"id": "plc1", "site": "site1", "area": "area1",
-                  "opcua": {"endpoint": endpoint, "namespace_uri": URI}, "modbus": None,
-                  "assets": [{"id": "pump1", "type": "pump", "tags": tags, "commands": []}]}],
+        "format": "twinedge-catalogue",
+        "version": 1,
+        "plant": "t",
+        "plcs": [
+            {
+                "id": "plc1",
+                "site": "site1",
+                "area": "area1",
+                "opcua": {"endpoint": endpoint, "namespace_uri": URI},
+                "modbus": None,
+                "assets": [{"id": "pump1", "type": "pump", "tags": tags, "commands": []}],
+            }
+        ],
     }
     return parse_catalogue(doc)
 
@@ -146,7 +161,11 @@ async def test_reads_every_type_in_one_batch(server: OpcUaTestServer) -> None:
 async def test_hand_listed_tags_by_browse_path_and_node_id(server: OpcUaTestServer) -> None:
     node_id = server.nodes["count"].nodeid.to_string()
     cfg = OpcUaSourceConfig(
-        name="third-party", endpoint=server.endpoint, namespace_uri=URI, site="s", area="a",
+        name="third-party",
+        endpoint=server.endpoint,
+        namespace_uri=URI,
+        site="s",
+        area="a",
         tags=[
             {"asset": "p", "key": "t", "browse_path": [*PATH, "pump1", "temp"], "unit": "CEL"},
             {"asset": "p", "key": "c", "node_id": node_id},

@@ -84,7 +84,7 @@ class Link:
 def reduce_blocks(values: Array, n_target: int, how: Reduce) -> Array:
     """Reduce ``values`` into ``n_target`` contiguous blocks (vectorised, no Python loop per asset)."""
     index = block_index(len(values), n_target).astype(np.int64)
-    sums = np.bincount(index, weights=values, minlength=n_target)
+    sums: Array = np.bincount(index, weights=values, minlength=n_target).astype(np.float64)
     if how == "sum":
         return sums
     if how == "mean":

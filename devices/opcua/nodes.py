@@ -32,6 +32,9 @@ def _dv(value: Any, vtype: ua.VariantType) -> AttributeValue:
     return AttributeValue(ua.DataValue(ua.Variant(value, vtype)))
 
 
+_Key = tuple[Any, ...]
+
+
 class NodeBuilder:
     """Adds nodes and their references to one address space; no checks beyond parent existence.
 
@@ -41,7 +44,26 @@ class NodeBuilder:
     def __init__(self, aspace: AddressSpace) -> None:
         self._aspace = aspace
         self._type_names: dict[ua.NodeId, tuple[ua.QualifiedName, ua.LocalizedText, ua.NodeClass]] = {}
+        # Constant attribute values (AccessLevel, DataType, the description of a tag on its 1,000th
+        # instance...) share one DataValue: creating Variants dominated the build time. Sharing is
+        # safe because asyncua replaces an attribute's DataValue on write, never mutates it, and the
+        # Write service refuses every write to these nodes' attributes anyway (writes.py).
+        self._shared: dict[_Key, ua.DataValue] = {}
         self.count = 0
+
+    def _const(self, key: _Key, make: Any) -> AttributeValue:
+        datavalue = self._shared.get(key)
+        if datavalue is None:
+            datavalue = self._shared[key] = ua.DataValue(make())
+        return AttributeValue(datavalue)
+
+    def _scalar(self, value: bool | int | float | str | ua.NodeId, vtype: ua.VariantType) -> AttributeValue:
+        return self._const((vtype, type(value), value), lambda: ua.Variant(value, vtype))
+
+    def _text(self, text: str, locale: str | None = None) -> AttributeValue:
+        return self._const(
+            ("text", text, locale), lambda: ua.Variant(ua.LocalizedText(text, locale), ua.VariantType.LocalizedText)
+        )
 
     # --- node classes ----------------------------------------------------------------------------
 
@@ -55,7 +77,7 @@ class NodeBuilder:
         organizes: bool = False,
     ) -> NodeData:
         node = self._base(nodeid, ua.NodeClass.Object, browse_name, description)
-        node.attributes[AttributeIds.EventNotifier] = _dv(0, ua.VariantType.Byte)
+        node.attributes[AttributeIds.EventNotifier] = self._scalar(0, ua.VariantType.Byte)
         self._link(parent, node, _ORGANIZES if organizes else _HAS_COMPONENT, type_definition)
         return node
 
@@ -77,16 +99,18 @@ class NodeBuilder:
         node = self._base(nodeid, ua.NodeClass.Variable, browse_name, description)
         attrs = node.attributes
         attrs[AttributeIds.Value] = AttributeValue(value)
-        attrs[AttributeIds.DataType] = _dv(data_type, ua.VariantType.NodeId)
-        attrs[AttributeIds.ValueRank] = _dv(value_rank, ua.VariantType.Int32)
+        attrs[AttributeIds.DataType] = self._scalar(data_type, ua.VariantType.NodeId)
+        attrs[AttributeIds.ValueRank] = self._scalar(value_rank, ua.VariantType.Int32)
         if value_rank >= 0:
             attrs[AttributeIds.ArrayDimensions] = AttributeValue(
                 ua.DataValue(ua.Variant([0] * max(value_rank, 1), ua.VariantType.UInt32, is_array=True))
             )
-        attrs[AttributeIds.AccessLevel] = _dv(access_level, ua.VariantType.Byte)
-        attrs[AttributeIds.UserAccessLevel] = _dv(access_level, ua.VariantType.Byte)
-        attrs[AttributeIds.MinimumSamplingInterval] = _dv(minimum_sampling_interval, ua.VariantType.Double)
-        attrs[AttributeIds.Historizing] = _dv(historizing, ua.VariantType.Boolean)
+        attrs[AttributeIds.AccessLevel] = self._scalar(access_level, ua.VariantType.Byte)
+        attrs[AttributeIds.UserAccessLevel] = self._scalar(access_level, ua.VariantType.Byte)
+        attrs[AttributeIds.MinimumSamplingInterval] = self._scalar(
+            minimum_sampling_interval, ua.VariantType.Double
+        )
+        attrs[AttributeIds.Historizing] = self._scalar(historizing, ua.VariantType.Boolean)
         self._link(parent, node, _HAS_PROPERTY if is_property else _HAS_COMPONENT, type_definition)
         return node
 
@@ -110,8 +134,8 @@ class NodeBuilder:
         self, nodeid: ua.NodeId, browse_name: ua.QualifiedName, parent: NodeData, description: str = ""
     ) -> NodeData:
         node = self._base(nodeid, ua.NodeClass.Method, browse_name, description)
-        node.attributes[AttributeIds.Executable] = _dv(True, ua.VariantType.Boolean)
-        node.attributes[AttributeIds.UserExecutable] = _dv(True, ua.VariantType.Boolean)
+        node.attributes[AttributeIds.Executable] = self._scalar(True, ua.VariantType.Boolean)
+        node.attributes[AttributeIds.UserExecutable] = self._scalar(True, ua.VariantType.Boolean)
         self._link(parent, node, _HAS_COMPONENT, None)
         return node
 
@@ -123,13 +147,15 @@ class NodeBuilder:
         node = NodeData(nodeid)
         attrs = node.attributes
         attrs[AttributeIds.NodeId] = _dv(nodeid, ua.VariantType.NodeId)
-        attrs[AttributeIds.NodeClass] = _dv(node_class, ua.VariantType.Int32)
-        attrs[AttributeIds.BrowseName] = _dv(browse_name, ua.VariantType.QualifiedName)
-        text = ua.VariantType.LocalizedText
-        attrs[AttributeIds.DisplayName] = _dv(ua.LocalizedText(browse_name.Name), text)
-        attrs[AttributeIds.Description] = _dv(ua.LocalizedText(description, "en"), text)
-        attrs[AttributeIds.WriteMask] = _dv(0, ua.VariantType.UInt32)
-        attrs[AttributeIds.UserWriteMask] = _dv(0, ua.VariantType.UInt32)
+        attrs[AttributeIds.NodeClass] = self._scalar(int(node_class), ua.VariantType.Int32)
+        attrs[AttributeIds.BrowseName] = self._const(
+            ("qn", browse_name.Name, browse_name.NamespaceIndex),
+            lambda: ua.Variant(browse_name, ua.VariantType.QualifiedName),
+        )
+        attrs[AttributeIds.DisplayName] = self._text(browse_name.Name)
+        attrs[AttributeIds.Description] = self._text(description, "en")
+        attrs[AttributeIds.WriteMask] = self._scalar(0, ua.VariantType.UInt32)
+        attrs[AttributeIds.UserWriteMask] = self._scalar(0, ua.VariantType.UInt32)
         self._aspace[nodeid] = node
         self.count += 1
         return node

@@ -182,10 +182,10 @@ class PlantUserManager(UserManager):
     def get_user(
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
-        if username is None and certificate is None:
-            return User(role=UserRole.User, name=None) if self._allow_anonymous else None
         if username is None:
-            return None  # X509 user tokens are not configured
+            # X509 user tokens are not offered (identity_tokens), so no username means Anonymous;
+            # ``certificate`` is then the secure channel's client certificate, not an identity.
+            return User(role=UserRole.User, name=None) if self._allow_anonymous else None
         expected = self._passwords.get(username)
         given = password.encode() if isinstance(password, str) else (password or b"")
         # compare_digest even for unknown users, so timing does not reveal which names exist.
