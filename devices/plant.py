@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,12 @@ class Plant:
         self.plcs = build_plcs(config, self.clock)
         self._announce = announce
 
-    async def run(self, stop: asyncio.Event) -> None:
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Serve every PLC over OPC UA and Modbus and write the catalogue, without scanning.
+
+        Tests drive ``plc.scan()`` themselves inside this context, for deterministic values.
+        """
         settings = self.config.plant
         async with AsyncExitStack() as stack:
             for placed in self.plcs:
@@ -77,13 +83,18 @@ class Plant:
                     await stack.enter_async_context(opcua)
                     self._announce(f"  {placed.plc.plc_id}: OPC UA  {opcua.endpoint_url}")
                 if placed.config.modbus.enabled:
-                    modbus = ModbusExposer(placed.plc, placed.site, placed.area, placed.config, settings)
+                    modbus = ModbusExposer(placed.plc, placed.site.id, placed.area.id, placed.config, settings)
                     await stack.enter_async_context(modbus)
                     host, port = modbus.address
                     unit = placed.config.modbus.unit_id
                     self._announce(f"  {placed.plc.plc_id}: Modbus  {host}:{port} (unit {unit})")
             catalogue = write_catalogue(self.config)
             self._announce(f"  tag catalogue: {catalogue}")
+            yield
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve and scan every PLC on the virtual clock until ``stop`` is set."""
+        async with self.serving():
             self._announce(f"plant ready: {len(self.plcs)} PLC(s), clock speed {self.clock.speed:g}x")
             async with asyncio.TaskGroup() as group:
                 for placed in self.plcs:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devices.assets.base import ArgValue, AssetModel, State, validate_write
+from devices.assets.coupling import PlantCoupling
 from devices.clock import VirtualClock
 from devices.process_image import (
     BAD_SENSOR_FAILURE,
@@ -58,8 +59,10 @@ class Plc:
         clock: VirtualClock,
         scan_period_s: float = 0.1,
         seed: int = 0,
+        coupling: PlantCoupling | None = None,
     ) -> None:
         self.plc_id = plc_id
+        self.coupling = coupling
         self.groups = tuple(groups)
         self.clock = clock
         self.scan_period_s = scan_period_s
@@ -121,6 +124,10 @@ class Plc:
         self._apply_pending()
         for group in self.groups:
             group.state = group.model.step(group.state, self.scan_period_s, self._rng)
+        if self.coupling is not None:
+            # Flows between asset types (trucks -> crusher -> stockpile, belt -> mill), applied
+            # once every group has stepped, so each sees the others' output one scan late.
+            self.coupling.apply(self.groups)
         self.scan_count += 1
         timestamp = self.clock.timestamp(self.scan_count * self.scan_period_s)
         self.image = ProcessImage(self.plc_id, self.scan_count, timestamp, self._group_images())

@@ -53,9 +53,19 @@ class ApiConfig(StrictModel):
     port: int = Field(default=8080, ge=1, le=65535)
 
 
+class ProcessingConfig(StrictModel):
+    """Report by exception (off by default: every polled sample is published)."""
+
+    report_by_exception: bool = False
+    deadband_absolute: float | None = Field(default=None, ge=0)
+    deadband_percent: float | None = Field(default=None, ge=0, le=100)  # of the EURange span
+    max_age_s: float | None = Field(default=60.0, gt=0)  # republish an unchanged value after this
+
+
 class GatewayConfig(StrictModel):
     gateway: GatewaySettings = GatewaySettings()
     sources: list[SourceConfig] = Field(default_factory=list)
+    processing: ProcessingConfig = ProcessingConfig()
     sinks: SinksConfig = SinksConfig()
     api: ApiConfig = ApiConfig()
 

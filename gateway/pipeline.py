@@ -28,7 +28,7 @@ class Pipeline:
     async def on_batch(self, readings: list[Reading]) -> None:
         self.readings_in += len(readings)
         self.latest.update(readings)
-        batch = self._filter.apply(readings) if self._filter is not None else readings
+        batch = self._filter(readings) if self._filter is not None else readings
         if not batch:
             return
         self.readings_out += len(batch)

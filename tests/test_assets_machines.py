@@ -20,13 +20,19 @@ from devices.tags import CommandRejected
 
 
 def start(model: Lathe, state: dict[str, np.ndarray], index: int, material: int, operation: int) -> None:
-    model.apply_command(state, index, "start_job",
-                        {"material": material, "operation": operation, "tool_no": 3, "estimated_min": 60.0})
+    model.apply_command(
+        state,
+        index,
+        "start_job",
+        {"material": material, "operation": operation, "tool_no": 3, "estimated_min": 60.0},
+    )
 
 
 @settings(max_examples=25, deadline=None)
-@given(actions=st.lists(st.sampled_from(["step", "step", "step", "change", "start", "abort"]), max_size=40),
-       dt=st.sampled_from([1.0, 60.0, 900.0]))
+@given(
+    actions=st.lists(st.sampled_from(["step", "step", "step", "change", "start", "abort"]), max_size=40),
+    dt=st.sampled_from([1.0, 60.0, 900.0]),
+)
 def test_tool_wear_never_decreases_without_tool_change(actions: list[str], dt: float) -> None:
     model, rng = Lathe(), np.random.default_rng(1)
     state = model.initial_state(3, rng)
@@ -77,7 +83,8 @@ def test_worn_lathe_tool_breaks_and_aborts_the_job() -> None:
     assert state["state"][0] == lathe.BROKEN
     assert state["job_status"][0] == lathe.ABORTED
     model.apply_command(state, 0, "change_tool", {"tool_no": 4})
-    assert state["tool_wear"][0] == 0.0 and state["state"][0] == lathe.IDLE
+    assert state["tool_wear"][0] == 0.0
+    assert state["state"][0] == lathe.IDLE
 
 
 def test_mill_wear_raises_vibration_temperature_and_power() -> None:
@@ -96,8 +103,9 @@ def test_mill_wear_raises_vibration_temperature_and_power() -> None:
 
 
 def test_mill_efficiency_follows_network() -> None:
-    status = cnc_mill.efficiency_status(np.array([20.0, 80.0, 200.0]), np.array([0.5, 2.0, 0.5]),
-                                        np.array([40.0, 40.0, 40.0]))
+    status = cnc_mill.efficiency_status(
+        np.array([20.0, 80.0, 200.0]), np.array([0.5, 2.0, 0.5]), np.array([40.0, 40.0, 40.0])
+    )
     assert status.tolist() == [2.0, 1.0, 0.0]
 
 
@@ -116,9 +124,12 @@ def test_robot_payload_raises_power_and_heat() -> None:
 
 
 def test_stopped_conveyor_starves_the_mill() -> None:
-    groups = [AssetGroup(Conveyor(), ("belt",)), AssetGroup(CncMill(), ("mill",)), AssetGroup(Lathe(), ("lathe",))]
-    plc = Plc("shop", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), 1.0, 7)
-    machine_shop_coupling().attach(plc)
+    groups = [
+        AssetGroup(Conveyor(), ("belt",)),
+        AssetGroup(CncMill(), ("mill",)),
+        AssetGroup(Lathe(), ("lathe",)),
+    ]
+    plc = Plc("shop", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), 1.0, 7, coupling=machine_shop_coupling())
     for _ in range(30):
         image = plc.scan()
     assert image.lookup("mill", "state")[0] == cnc_mill.CUTTING

@@ -24,8 +24,7 @@ def mine_plc(trucks: int = 6, seed: int = 3, period: float = 10.0) -> Plc:
         AssetGroup(Stockpile(), ("pile",)),
         AssetGroup(MineKpis(), ("mine",)),
     ]
-    plc = Plc("mine-plc", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), period, seed)
-    mine_coupling().attach(plc)
+    plc = Plc("mine-plc", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), period, seed, coupling=mine_coupling())
     return plc
 
 
@@ -49,7 +48,9 @@ def test_fuel_never_negative(dt: float, steps: int, seed: int) -> None:
     reclaim=st.floats(0.0, 3000.0),
     dt=st.floats(1.0, 7200.0),
 )
-def test_stockpile_mass_balance_closes_and_level_bounded(inflows: list[float], reclaim: float, dt: float) -> None:
+def test_stockpile_mass_balance_closes_and_level_bounded(
+    inflows: list[float], reclaim: float, dt: float
+) -> None:
     model, rng = Stockpile(), np.random.default_rng(0)
     state = model.initial_state(1, rng)
     state["reclaim_setpoint"][:] = reclaim

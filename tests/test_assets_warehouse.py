@@ -23,19 +23,23 @@ def cell(contents: list[int]) -> tuple[Warehouse, dict[str, np.ndarray], np.rand
     return model, state, rng
 
 
-def run(model: Warehouse, state: dict[str, np.ndarray], rng: np.random.Generator, seconds: float,
-        dt: float = 0.5) -> dict[str, np.ndarray]:
+def run(
+    model: Warehouse, state: dict[str, np.ndarray], rng: np.random.Generator, seconds: float, dt: float = 0.5
+) -> dict[str, np.ndarray]:
     for _ in range(int(seconds / dt)):
         state = model.step(state, dt, rng)
     return state
 
 
-@pytest.mark.parametrize(("name", "slot", "reason"), [
-    ("store", 1, "slot 1 is full"),
-    ("retrieve", 2, "slot 2 is empty"),
-    ("process", 3, "not a raw part"),
-    ("retrieve", 10, "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("name", "slot", "reason"),
+    [
+        ("store", 1, "slot 1 is full"),
+        ("retrieve", 2, "slot 2 is empty"),
+        ("process", 3, "not a raw part"),
+        ("retrieve", 10, "does not exist"),
+    ],
+)
 def test_impossible_orders_are_rejected_with_a_reason(name: str, slot: int, reason: str) -> None:
     model, state, _ = cell([1, 0, 2, 0, 0, 0, 0, 0, 0])
     with pytest.raises(CommandRejected, match=reason):
@@ -52,8 +56,10 @@ def test_store_then_process_then_retrieve_as_sequences_of_moves() -> None:
         state = model.step(state, 0.5, rng)
         seen_barrier |= bool(state["light_barrier_in"][0])
         states.add(int(state["state"][0]))
-    assert state["slot_9"][0] == hbw.RAW and state["order"][0] == hbw.NONE
-    assert seen_barrier and {1, 2, 3, 4} <= states  # moving, picking, placing, conveying
+    assert state["slot_9"][0] == hbw.RAW
+    assert state["order"][0] == hbw.NONE
+    assert seen_barrier
+    assert {1, 2, 3, 4} <= states
     model.apply_command(state, 0, "process", {"slot": 0})
     state = run(model, state, rng, 30.0)
     assert state["state"][0] == 5.0  # processing outside the cell
@@ -61,7 +67,8 @@ def test_store_then_process_then_retrieve_as_sequences_of_moves() -> None:
     assert state["slot_9"][0] == hbw.PROCESSED
     model.apply_command(state, 0, "retrieve", {"slot": 9})
     state = run(model, state, rng, 60.0)
-    assert state["slot_9"][0] == hbw.EMPTY and state["orders_completed"][0] == 3
+    assert state["slot_9"][0] == hbw.EMPTY
+    assert state["orders_completed"][0] == 3
 
 
 def test_motor_failure_spikes_current_and_wears_health() -> None:
@@ -96,9 +103,11 @@ def test_leaky_seal_weakens_vacuum_and_loads_the_pump() -> None:
         state = model.step(state, 0.2, rng)
         peak_vacuum = np.minimum(peak_vacuum, state["vacuum"])
         peak_pump = np.maximum(peak_pump, state["pump_current"])
-    assert peak_vacuum[0] < -75.0 and peak_vacuum[1] > -50.0
+    assert peak_vacuum[0] < -75.0
+    assert peak_vacuum[1] > -50.0
     assert peak_pump[1] > peak_pump[0]
-    assert state["transfers"][0] >= 1 and state["transfers"][1] == 0
+    assert state["transfers"][0] >= 1
+    assert state["transfers"][1] == 0
 
 
 def test_replay_streams_rows_at_recorded_rate_and_loops() -> None:
@@ -108,20 +117,25 @@ def test_replay_streams_rows_at_recorded_rate_and_loops() -> None:
     state = model.step(state, 10.0, rng)
     assert state["row"][0] == 5  # rows are 2 s apart
     state = model.step(state, 1440.0, rng)  # the recording is 720 rows x 2 s long
-    assert state["loops"][0] == 1 and state["row"][0] == 5
+    assert state["loops"][0] == 1
+    assert state["row"][0] == 5
     assert set(np.unique(model.step(state, 1.0, rng)["efficiency_status"])) <= {0.0, 1.0, 2.0}
 
 
 def test_replay_at_chosen_rate_without_timestamps(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("speed,mode\n1.5,Off\n2.5,On\n3.5,On\n")
-    columns = (TagSpec("speed", DataType.FLOAT32, TagKind.MEASUREMENT, "speed", unit="MTS", eu_range=(0, 5)),
-               TagSpec("mode", DataType.ENUM, TagKind.STATE, "mode", enum_strings=("Off", "On")))
+    columns = (
+        TagSpec("speed", DataType.FLOAT32, TagKind.MEASUREMENT, "speed", unit="MTS", eu_range=(0, 5)),
+        TagSpec("mode", DataType.ENUM, TagKind.STATE, "mode", enum_strings=("Off", "On")),
+    )
     model_type = replay_type("belt_replay", path, columns)
     model, rng = model_type(), np.random.default_rng(0)
     state = model.initial_state(1, rng)
     state["rate"][:] = 4.0
     state = model.step(state, 0.5, rng)  # 2 rows on
-    assert state["speed"][0] == 3.5 and state["mode"][0] == 1.0
+    assert state["speed"][0] == 3.5
+    assert state["mode"][0] == 1.0
     state = model.step(state, 0.25, rng)
-    assert state["speed"][0] == 1.5 and state["loops"][0] == 1
+    assert state["speed"][0] == 1.5
+    assert state["loops"][0] == 1

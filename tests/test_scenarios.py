@@ -31,8 +31,11 @@ def make_plc(period: float, belt: bool = True) -> Plc:
     # The core conveyor integrates its bearing lag with explicit Euler, unstable at dt > 300 s,
     # so the month-long run (30 min scans) leaves it out.
     groups = [
-        AssetGroup(Warehouse(), ("hbw",)), AssetGroup(Lathe(), ("lathe",)), AssetGroup(MineTruck(), ("truck",)),
-        AssetGroup(RobotArm(), ("robot",)), AssetGroup(CncMill(), ("mill",)),
+        AssetGroup(Warehouse(), ("hbw",)),
+        AssetGroup(Lathe(), ("lathe",)),
+        AssetGroup(MineTruck(), ("truck",)),
+        AssetGroup(RobotArm(), ("robot",)),
+        AssetGroup(CncMill(), ("mill",)),
     ]
     if belt:
         groups.append(AssetGroup(Conveyor(), ("belt",)))
@@ -60,21 +63,40 @@ def test_warehouse_month_motor_failure_day_12_and_ghost_readings_day_25() -> Non
     assert set(qualities) == {GOOD}
     after = [plc.scan().lookup("hbw", "light_barrier_out") for _ in range(48)]
     ghosts = [value for value, quality in after if quality == BAD_SENSOR_FAILURE]
-    assert ghosts and all(value == 1.0 for value in ghosts) and len(ghosts) < len(after)
-    assert [text for _, text in runner.fired] == ["start motor_failure hbw", "start ghost_readings hbw light_barrier_out"]
+    assert ghosts
+    assert all(value == 1.0 for value in ghosts)
+    assert len(ghosts) < len(after)
+    assert [text for _, text in runner.fired] == [
+        "start motor_failure hbw",
+        "start ghost_readings hbw light_barrier_out",
+    ]
 
 
-@pytest.mark.parametrize(("event", "asset", "key", "check"), [
-    (ScenarioEvent(600.0, FaultKind.TOOL_WEAR, "lathe"), "lathe", "state", lambda v: v == lathe.BROKEN),
-    (ScenarioEvent(600.0, FaultKind.TRUCK_BREAKDOWN, "truck"), "truck", "state", lambda v: v == mine_truck.BROKEN),
-    (ScenarioEvent(600.0, FaultKind.OVERHEATING, "robot"), "robot", "core_temp", lambda v: v > 55.0),
-    (ScenarioEvent(600.0, FaultKind.MOTOR_FAILURE, "belt"), "belt", "motor_health", lambda v: v <= 15.0),
-    (ScenarioEvent(600.0, FaultKind.NETWORK_CONGESTION, "mill", duration_s=7200.0), "mill", "network_latency",
-     lambda v: v > 100.0),
-])
+@pytest.mark.parametrize(
+    ("event", "asset", "key", "check"),
+    [
+        (ScenarioEvent(600.0, FaultKind.TOOL_WEAR, "lathe"), "lathe", "state", lambda v: v == lathe.BROKEN),
+        (
+            ScenarioEvent(600.0, FaultKind.TRUCK_BREAKDOWN, "truck"),
+            "truck",
+            "state",
+            lambda v: v == mine_truck.BROKEN,
+        ),
+        (ScenarioEvent(600.0, FaultKind.OVERHEATING, "robot"), "robot", "core_temp", lambda v: v > 55.0),
+        (ScenarioEvent(600.0, FaultKind.MOTOR_FAILURE, "belt"), "belt", "motor_health", lambda v: v <= 15.0),
+        (
+            ScenarioEvent(600.0, FaultKind.NETWORK_CONGESTION, "mill", duration_s=7200.0),
+            "mill",
+            "network_latency",
+            lambda v: v > 100.0,
+        ),
+    ],
+)
 def test_fault_shows_at_its_time(event: ScenarioEvent, asset: str, key: str, check: object) -> None:
     plc = make_plc(period=60.0)
-    plc.submit_command("lathe", "start_job", {"material": 0, "operation": 2, "tool_no": 1, "estimated_min": 200.0})
+    plc.submit_command(
+        "lathe", "start_job", {"material": 0, "operation": 2, "tool_no": 1, "estimated_min": 200.0}
+    )
     ScenarioRunner(plc, [event])
     run_until(plc, event.at_s)
     assert plc.image is not None
@@ -88,7 +110,8 @@ def test_timed_fault_ends() -> None:
     plc = make_plc(period=60.0)
     ScenarioRunner(plc, [ScenarioEvent(600.0, FaultKind.NETWORK_CONGESTION, "mill", duration_s=600.0)])
     run_until(plc, 900.0)
-    assert plc.image is not None and plc.image.lookup("mill", "network_latency")[0] > 100.0
+    assert plc.image is not None
+    assert plc.image.lookup("mill", "network_latency")[0] > 100.0
     run_until(plc, 1500.0)
     assert plc.image.lookup("mill", "network_latency")[0] < 100.0
 
@@ -97,20 +120,22 @@ def test_sensor_drift_grows_with_bad_quality() -> None:
     plc = make_plc(period=60.0)
     ScenarioRunner(plc, [ScenarioEvent(600.0, FaultKind.SENSOR_DRIFT, "robot", "core_temp", rate=10.0)])
     run_until(plc, 600.0)
-    assert plc.image is not None and plc.image.lookup("robot", "core_temp")[1] == GOOD
+    assert plc.image is not None
+    assert plc.image.lookup("robot", "core_temp")[1] == GOOD
     run_until(plc, 600.0 + 7200.0)
     group, index = plc.asset("robot")
     true_value = group.state["core_temp"][index]
     value, quality = plc.image.lookup("robot", "core_temp")
     assert quality == BAD_SENSOR_FAILURE
-    assert value - true_value == pytest.approx(20.0, abs=1.0)
+    assert value - true_value == pytest.approx(20.0, abs=2.0)  # one scan of lag and of temperature change
 
 
 def test_plc_offline_and_back() -> None:
     plc = make_plc(period=60.0)
     ScenarioRunner(plc, [ScenarioEvent(600.0, FaultKind.PLC_OFFLINE, duration_s=1200.0)])
     run_until(plc, 600.0)
-    assert plc.image is not None and plc.image.lookup("mill", "spindle_speed")[1] == GOOD
+    assert plc.image is not None
+    assert plc.image.lookup("mill", "spindle_speed")[1] == GOOD
     run_until(plc, 1200.0)
     assert plc.image.lookup("mill", "spindle_speed")[1] == BAD_SENSOR_FAILURE
     assert plc.image.lookup("hbw", "slot_1")[1] == BAD_SENSOR_FAILURE
@@ -119,11 +144,20 @@ def test_plc_offline_and_back() -> None:
 
 
 def test_events_from_config_and_validation() -> None:
-    events = events_from_config([
-        {"at": "12d", "kind": "motor_failure", "asset": "hbw"},
-        {"at": 90, "kind": "ghost_readings", "asset": "hbw", "tag": "light_barrier_out", "duration": "2h"},
-    ])
-    assert events[0].at_s == 12 * DAY_S and events[1].duration_s == 7200.0
+    events = events_from_config(
+        [
+            {"at": "12d", "kind": "motor_failure", "asset": "hbw"},
+            {
+                "at": 90,
+                "kind": "ghost_readings",
+                "asset": "hbw",
+                "tag": "light_barrier_out",
+                "duration": "2h",
+            },
+        ]
+    )
+    assert events[0].at_s == 12 * DAY_S
+    assert events[1].duration_s == 7200.0
     assert parse_plant_time("30min") == 1800.0
     with pytest.raises(ValueError, match="extra"):
         events_from_config([{"at": 1, "kind": "overheating", "asset": "robot", "colour": "red"}])

@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from devices.assets.base import ArgValue, Array, AssetModel, State
+from devices.assets.physics import approach
 from devices.tags import Access, CommandRejected, CommandSpec, DataType, TagKind, TagSpec
 
 BELT_LENGTH_M = 20.0
@@ -91,7 +92,7 @@ class Conveyor(AssetModel):
     def step(self, state: State, dt: float, rng: np.random.Generator) -> State:
         running = state["running"]
         target = running * state["speed_setpoint"]
-        motor_speed = state["motor_speed"] + (target - state["motor_speed"]) * min(dt / TAU_DRIVE_S, 1.0)
+        motor_speed = approach(state["motor_speed"], target, dt, TAU_DRIVE_S)
 
         load = state["belt_load"]
         slip = SLIP_BASE + SLIP_PER_LOAD * load / LOAD_MAX_KG
@@ -111,7 +112,7 @@ class Conveyor(AssetModel):
         current = current + rng.normal(0.0, 0.02, current.shape) * (current > 0)
 
         bearing_target = AMBIENT_C + HEATING_K_PER_A2 * current**2
-        bearing = state["bearing_temp"] + (bearing_target - state["bearing_temp"]) * (dt / TAU_THERMAL_S)
+        bearing = approach(state["bearing_temp"], bearing_target, dt, TAU_THERMAL_S)
 
         return {
             **state,

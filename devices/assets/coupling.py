@@ -11,9 +11,6 @@ Flows therefore lag by one scan, which keeps every model pure and the order of g
 Instances are wired in contiguous blocks: with 12 trucks and 2 crushers, trucks 0-5 feed crusher 0
 and trucks 6-11 feed crusher 1; with one target every source feeds it. Several groups of one type on
 a PLC are treated as one concatenated fleet.
-
-Until the PLC applies couplings itself (see the plc.py hook proposal), ``attach`` runs them from a
-scan listener, which is called after stepping and before the next scan's writes.
 """
 
 from __future__ import annotations
@@ -34,13 +31,6 @@ class CoupledGroup(Protocol):
 
     model: AssetModel
     state: State
-
-
-class ListenablePlc(Protocol):
-    @property
-    def groups(self) -> Sequence[CoupledGroup]: ...
-
-    def add_listener(self, listener: Callable[..., None]) -> None: ...
 
 
 def block_index(n_source: int, n_target: int) -> Array:
@@ -107,10 +97,6 @@ class PlantCoupling:
     def apply(self, groups: Sequence[CoupledGroup]) -> None:
         for link in self.links:
             link.apply(groups)
-
-    def attach(self, plc: ListenablePlc) -> None:
-        """Run this coupling after every scan of ``plc`` (a stand-in for the PLC hook)."""
-        plc.add_listener(lambda _image: self.apply(plc.groups))
 
     def __add__(self, other: PlantCoupling) -> PlantCoupling:
         return PlantCoupling(self.links + other.links)

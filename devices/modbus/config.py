@@ -1,11 +1,4 @@
-"""Modbus options beyond ``devices.config.ModbusEndpointConfig`` (enabled, port, unit_id, word_order).
-
-The lead owns ``devices/config.py``; until the two fields below are added to ModbusEndpointConfig they
-take their defaults here, read with ``getattr`` so this module works before and after that change:
-
-    unit_per_asset: bool = False       # each asset answers on its own unit id: unit_id + n
-    fault_value: float | None = None   # a Bad-quality tag reads this value instead of its image value
-"""
+"""The Modbus options of one PLC, resolved from its ``ModbusEndpointConfig`` and checked."""
 
 from __future__ import annotations
 
@@ -32,12 +25,10 @@ class ModbusOptions:
 
     @classmethod
     def from_endpoint(cls, endpoint: ModbusEndpointConfig) -> ModbusOptions:
-        unit_per_asset = getattr(endpoint, "unit_per_asset", False)
-        fault_value = getattr(endpoint, "fault_value", None)
         return cls(
             port=endpoint.port,
             unit_id=endpoint.unit_id,
             word_order=endpoint.word_order,
-            unit_per_asset=bool(unit_per_asset),
-            fault_value=None if fault_value is None else float(fault_value),
+            unit_per_asset=endpoint.unit_per_asset,
+            fault_value=endpoint.fault_value,
         )

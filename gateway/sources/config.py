@@ -123,8 +123,9 @@ class OpcUaSourceConfig(_SourceCommon):
     timeout_s: float = Field(default=4.0, gt=0, le=60)  # asyncua request timeout, conventions §5.2
     endpoint: str | None = Field(default=None, pattern=r"^opc\.tcp://")  # with plc: overrides
     namespace_uri: str | None = None  # default namespace of hand-listed browse paths
-    mode: Literal["poll", "subscribe"] = "poll"
-    sampling_interval_ms: int | None = Field(default=None, ge=0)  # subscribe: None -> interval_ms
+    # Subscriptions (the product goal: one batched subscription per source) are not implemented
+    # yet; the literal keeps configs explicit so "subscribe" can be added without a format change.
+    mode: Literal["poll"] = "poll"
     max_nodes_per_request: int = Field(default=1000, ge=1, le=100_000)
     security: OpcUaSecurity = OpcUaSecurity()
     username: str | None = None

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
+from gateway.common.status import (
+    BAD_CONFIGURATION_ERROR,
+    BAD_DEVICE_FAILURE,
+    BAD_NO_COMMUNICATION,
+    BAD_TIMEOUT,
+    GOOD,
+)
 from gateway.readings import Reading, TagValue
 from gateway.sources import modbus_codec as codec
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
@@ -29,7 +35,6 @@ if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type refe
 
 log = logging.getLogger(__name__)
 
-BAD_CONFIGURATION_ERROR = 0x80890000  # StatusCode.csv: the map points at an address the device refuses
 # Modbus exception code -> quality (codes: conventions §2.4). Unlisted codes are device failures.
 EXCEPTION_QUALITY: dict[int, int] = {
     0x01: BAD_CONFIGURATION_ERROR,  # illegal function: wrong table for this device

@@ -25,7 +25,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from gateway.common.status import BAD_NO_COMMUNICATION, BAD_TIMEOUT
+from gateway.common.status import BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD_TIMEOUT
 from gateway.readings import Reading, TagValue
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
 from gateway.sources.config import OpcUaSourceConfig
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type refe
 
 log = logging.getLogger(__name__)
 
-BAD_NODE_ID_UNKNOWN = 0x80340000  # StatusCode.csv
 _OBJECTS_FOLDER = ua.NodeId(cast(Any, ObjectIds.ObjectsFolder))
 _HIERARCHICAL = ua.NodeId(cast(Any, ObjectIds.HierarchicalReferences))
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built

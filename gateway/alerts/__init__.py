@@ -1,0 +1,1 @@
+"""Alert rules (pure), their persistence and lifecycle: active -> acknowledged -> cleared."""

@@ -1,0 +1,84 @@
+"""The append-only audit log (conventions §6.3, IEC 62443-3-3 SR 2.8 auditable events).
+
+Who did what, when, to which target, with what result, over which channel: logins (failed ones
+too), accepted and rejected commands and every command outcome, alert acknowledgements, user and
+rule changes. This class only ever INSERTs and SELECTs; nothing in the gateway updates or deletes
+audit rows. Appends take a Connection so they commit in the same transaction as the change they
+record: a command never changes state without its audit entry, and vice versa.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, insert, select
+
+from gateway.storage.db import Database
+from gateway.storage.tables import audit_log
+
+Channel = Literal["rest", "mqtt", "opcua", "modbus", "ws", "system"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    action: str  # e.g. auth.login, command.write, command.cancel, alert.ack, user.create
+    result: str  # e.g. accepted, rejected, completed, failed, ok, denied
+    target: dict[str, Any] = field(default_factory=dict)
+    roles: Sequence[str] = ()
+    requested: Any = None
+    detail: str | None = None
+    correlation_id: str | None = None
+    ip: str | None = None
+    channel: Channel = "rest"
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        data["ts"] = self.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return data
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @staticmethod
+    def append_sync(conn: Connection, entry: AuditEntry) -> None:
+        conn.execute(
+            insert(audit_log).values(
+                ts=entry.ts, actor=entry.actor, roles=list(entry.roles), ip=entry.ip, action=entry.action,
+                target=entry.target, requested=entry.requested, result=entry.result, detail=entry.detail,
+                correlation_id=entry.correlation_id, channel=entry.channel,
+            )
+        )
+
+    async def append(self, entry: AuditEntry) -> None:
+        await self.db.run(lambda conn: self.append_sync(conn, entry))
+
+    async def entries(
+        self, *, limit: int = 100, before_id: int | None = None, action_prefix: str | None = None
+    ) -> list[AuditEntry]:
+        """Newest first; page with ``before_id`` (the smallest id of the previous page)."""
+
+        def query(conn: Connection) -> list[AuditEntry]:
+            stmt = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+            if before_id is not None:
+                stmt = stmt.where(audit_log.c.id < before_id)
+            if action_prefix:
+                stmt = stmt.where(audit_log.c.action.startswith(action_prefix, autoescape=True))
+            return [
+                AuditEntry(
+                    id=row.id, ts=row.ts, actor=row.actor, roles=tuple(row.roles), ip=row.ip,
+                    action=row.action, target=row.target, requested=row.requested, result=row.result,
+                    detail=row.detail, correlation_id=row.correlation_id, channel=row.channel,
+                )
+                for row in conn.execute(stmt)
+            ]
+
+        return await self.db.run(query)
