@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from devices.assets.registry import ASSET_TYPES
+from devices.scenarios import ScenarioConfig
 from gateway.common.configfile import ConfigIssue, EnvOverride, KeyPath, StrictModel, load_config
 
 IDENT = r"^[a-z0-9][a-z0-9_-]*$"
@@ -53,12 +54,20 @@ class AssetConfig(StrictModel):
         return [f"{self.id}-{n:0{width}d}" for n in range(1, total + 1)]
 
 
+CouplingName = Literal["machine_shop", "mine"]
+
+
 class PlcConfig(StrictModel):
     id: str = Field(pattern=IDENT)
     scan_period_ms: int = Field(default=100, ge=10, le=60_000)
     opcua: OpcUaEndpointConfig
     modbus: ModbusEndpointConfig
     assets: list[AssetConfig] = Field(min_length=1)
+    # Flows between the PLC's asset types: machine_shop (a stopped conveyor starves mills and
+    # lathes), mine (trucks -> crusher -> stockpile -> KPIs). See devices/assets/coupling.py.
+    couplings: list[CouplingName] = Field(default_factory=list)
+    # Faults scheduled in plant time, e.g. {at: 12d, kind: motor_failure, asset: hbw}.
+    scenarios: list[ScenarioConfig] = Field(default_factory=list)
 
 
 class AreaConfig(StrictModel):
@@ -118,6 +127,11 @@ class PlantConfig(StrictModel):
                     issues.append(ConfigIssue((*path, proto, "port"), endpoint.port,
                                               f"port already used by {ports[endpoint.port]}"))
                 ports[endpoint.port] = f"{plc.id} {proto}"
+            plc_assets = {i for a in plc.assets for i in a.instance_ids(self.plant.scale)}
+            for n, scenario in enumerate(plc.scenarios):
+                if scenario.asset and scenario.asset not in plc_assets:
+                    issues.append(ConfigIssue((*path, "scenarios", n, "asset"), scenario.asset,
+                                              f"no such asset on PLC {plc.id}"))
             for i, asset in enumerate(plc.assets):
                 if asset.type not in ASSET_TYPES:
                     known = ", ".join(sorted(ASSET_TYPES))

@@ -7,11 +7,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from devices.assets.coupling import PlantCoupling, machine_shop_coupling
+from devices.assets.mine import mine_coupling
 from devices.assets.registry import asset_type
 from devices.catalogue import build_catalogue
 from devices.clock import VirtualClock
@@ -19,6 +21,7 @@ from devices.config import AreaConfig, PlantConfig, PlcConfig, SiteConfig
 from devices.modbus.exposer import ModbusExposer
 from devices.opcua.exposer import OpcUaExposer
 from devices.plc import AssetGroup, Plc
+from devices.scenarios import ScenarioRunner
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,20 @@ class PlacedPlc:
     area: AreaConfig
     config: PlcConfig
     plc: Plc
+    scenarios: ScenarioRunner
+
+
+COUPLINGS: dict[str, Callable[[], PlantCoupling]] = {"machine_shop": machine_shop_coupling, "mine": mine_coupling}
+
+
+def _coupling(names: Sequence[str]) -> PlantCoupling | None:
+    couplings = [COUPLINGS[name]() for name in names]
+    if not couplings:
+        return None
+    combined = couplings[0]
+    for extra in couplings[1:]:
+        combined = combined + extra
+    return combined
 
 
 def build_plcs(config: PlantConfig, clock: VirtualClock) -> list[PlacedPlc]:
@@ -38,14 +55,17 @@ def build_plcs(config: PlantConfig, clock: VirtualClock) -> list[PlacedPlc]:
         groups: dict[str, list[str]] = {}
         for asset in plc_config.assets:
             groups.setdefault(asset.type, []).extend(asset.instance_ids(config.plant.scale))
+        seed = config.plant.seed * 1000 + number
         plc = Plc(
             plc_config.id,
             [AssetGroup(asset_type(type_name)(), tuple(ids)) for type_name, ids in groups.items()],
             clock,
             scan_period_s=plc_config.scan_period_ms / 1000.0,
-            seed=config.plant.seed * 1000 + number,
+            seed=seed,
+            coupling=_coupling(plc_config.couplings),
         )
-        placed.append(PlacedPlc(site, area, plc_config, plc))
+        scenarios = ScenarioRunner(plc, [s.event() for s in plc_config.scenarios], seed=seed)
+        placed.append(PlacedPlc(site, area, plc_config, plc, scenarios))
     return placed
 
 

@@ -12,11 +12,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection
+
 from gateway.alerts.rules import AlertEngine, AlertEvent, AlertRuleConfig
 from gateway.alerts.store import AlertRecord, AlertStore
 from gateway.common.configfile import StrictModel
 from gateway.readings import Reading
-from gateway.storage.audit import AuditEntry, AuditLog
+from gateway.storage.audit import Actor, AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +89,13 @@ class AlertService:
         self._notify(records)
         return records
 
-    async def acknowledge(self, alert_id: int, actor: str, roles: Sequence[str], comment: str | None,
-                          ip: str | None = None) -> AlertRecord:
+    async def acknowledge(self, alert_id: int, actor: Actor, comment: str | None) -> AlertRecord:
         now = self.clock()
 
-        def work(conn: object) -> AlertRecord:
-            from sqlalchemy import Connection
-            assert isinstance(conn, Connection)
-            record = self.store.acknowledge_sync(conn, alert_id, actor, comment, now)
-            AuditLog.append_sync(conn, AuditEntry(
-                actor=actor, roles=roles, ip=ip, action="alert.ack", result="ok", ts=now, detail=comment,
+        def work(conn: Connection) -> AlertRecord:
+            record = self.store.acknowledge_sync(conn, alert_id, actor.sub, comment, now)
+            AuditLog.append_sync(conn, actor.entry(
+                "alert.ack", "ok", ts=now, detail=comment,
                 target={"alert": alert_id, "rule": record.rule_id, "asset": record.asset},
             ))
             return record
@@ -108,27 +107,25 @@ class AlertService:
     # -- rules ----------------------------------------------------------------------------------
 
     def rules(self) -> list[tuple[AlertRuleConfig, str]]:
-        return [(rule, self._origins[rule.id]) for rule in sorted(self._all_rules.values(), key=lambda r: r.id)]
+        ordered = sorted(self._all_rules.values(), key=lambda r: r.id)
+        return [(rule, self._origins[rule.id]) for rule in ordered]
 
     def rule(self, rule_id: str) -> tuple[AlertRuleConfig, str]:
         if rule_id not in self._all_rules:
             raise RuleNotFound(rule_id)
         return self._all_rules[rule_id], self._origins[rule_id]
 
-    async def put_rule(self, rule: AlertRuleConfig, actor: str, roles: Sequence[str],
-                       ip: str | None = None) -> bool:
+    async def put_rule(self, rule: AlertRuleConfig, actor: Actor) -> bool:
         """Create or replace an API rule; True when created. Config rules raise RuleReadOnly."""
         if self._origins.get(rule.id) == "config":
             raise RuleReadOnly(rule.id)
         now = self.clock()
 
-        def work(conn: object) -> bool:
-            from sqlalchemy import Connection
-            assert isinstance(conn, Connection)
+        def work(conn: Connection) -> bool:
             created = self.store.put_rule_sync(conn, rule, "api", now)
-            AuditLog.append_sync(conn, AuditEntry(
-                actor=actor, roles=roles, ip=ip, action="alert_rule.put", result="created" if created else "updated",
-                target={"rule": rule.id}, requested=rule.model_dump(mode="json"), ts=now,
+            AuditLog.append_sync(conn, actor.entry(
+                "alert_rule.put", "created" if created else "updated", target={"rule": rule.id},
+                requested=rule.model_dump(mode="json"), ts=now,
             ))
             return created
 
@@ -137,19 +134,17 @@ class AlertService:
         await self._reload()
         return created
 
-    async def delete_rule(self, rule_id: str, actor: str, roles: Sequence[str], ip: str | None = None) -> None:
+    async def delete_rule(self, rule_id: str, actor: Actor) -> None:
         origin = self._origins.get(rule_id)
         if origin is None:
             raise RuleNotFound(rule_id)
         if origin == "config":
             raise RuleReadOnly(rule_id)
 
-        def work(conn: object) -> None:
-            from sqlalchemy import Connection
-            assert isinstance(conn, Connection)
+        def work(conn: Connection) -> None:
             self.store.delete_rule_sync(conn, rule_id)
-            AuditLog.append_sync(conn, AuditEntry(actor=actor, roles=roles, ip=ip, action="alert_rule.delete",
-                                                  result="ok", target={"rule": rule_id}, ts=self.clock()))
+            AuditLog.append_sync(conn, actor.entry("alert_rule.delete", "ok", target={"rule": rule_id},
+                                                   ts=self.clock()))
 
         await self.store.db.run(work)
         del self._all_rules[rule_id], self._origins[rule_id]

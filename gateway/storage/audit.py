@@ -23,6 +23,23 @@ Channel = Literal["rest", "mqtt", "opcua", "modbus", "ws", "system"]
 
 
 @dataclass(frozen=True)
+class Actor:
+    """Who asks for a change, through which channel: what every audit entry records about the caller."""
+
+    sub: str
+    roles: tuple[str, ...] = ()
+    ip: str | None = None
+    channel: Channel = "rest"
+
+    def entry(self, action: str, result: str, **fields: Any) -> AuditEntry:
+        return AuditEntry(actor=self.sub, roles=self.roles, ip=self.ip, channel=self.channel, action=action,
+                          result=result, **fields)
+
+
+SYSTEM = Actor("gateway", ("system",), None, "system")
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     actor: str
     action: str  # e.g. auth.login, command.write, command.cancel, alert.ack, user.create

@@ -1,0 +1,1 @@
+"""The durable command queue: validated writes and named commands, executed in order per asset."""
