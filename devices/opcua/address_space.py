@@ -30,9 +30,6 @@ from devices.opcua.nodes import NodeBuilder
 from devices.process_image import BAD_WAITING_FOR_INITIAL_DATA
 from devices.tags import CommandSpec, DataType, TagSpec
 
-INSTANCE_NAMESPACE_URI = "urn:twinedge:plant"
-TYPES_NAMESPACE_URI = "http://twinedge.dev/UA/Plant/"
-
 
 @dataclass
 class TagNodes:
@@ -107,10 +104,22 @@ class _Builder:
             folder_id, self.name(key), parent, values.ObjectType.FOLDER, description, organizes=True
         )
 
-    def prop(self, owner: NodeData, path: str, name: str, data_type: int, value: ua.Variant,
-             ns: int = 0, value_rank: int = -1) -> None:
+    def prop(
+        self,
+        owner: NodeData,
+        path: str,
+        name: str,
+        data_type: int,
+        value: ua.Variant,
+        ns: int = 0,
+        value_rank: int = -1,
+    ) -> None:
         self.nodes.add_property(
-            nodeid(f"{path}#{name}", self.ns), ua.QualifiedName(name, ns), owner, data_type, value,
+            nodeid(f"{path}#{name}", self.ns),
+            ua.QualifiedName(name, ns),
+            owner,
+            data_type,
+            value,
             value_rank,
         )
 
@@ -130,45 +139,94 @@ class _Builder:
             historizing=historizing and analog,
         )
         if analog:
-            self.prop(node, path, "EURange", values.RANGE_DATATYPE,
-                      ua.Variant(values.eu_range(spec), ua.VariantType.ExtensionObject))
+            self.prop(
+                node,
+                path,
+                "EURange",
+                values.RANGE_DATATYPE,
+                ua.Variant(values.eu_range(spec), ua.VariantType.ExtensionObject),
+            )
             if spec.unit is not None:
-                self.prop(node, path, "EngineeringUnits", values.EU_INFORMATION_DATATYPE,
-                          ua.Variant(values.eu_information(spec.unit), ua.VariantType.ExtensionObject))
+                self.prop(
+                    node,
+                    path,
+                    "EngineeringUnits",
+                    values.EU_INFORMATION_DATATYPE,
+                    ua.Variant(values.eu_information(spec.unit), ua.VariantType.ExtensionObject),
+                )
         elif vtype is values.VariableType.MULTI_STATE_DISCRETE:
             texts = [ua.LocalizedText(text, "en") for text in spec.enum_strings]
-            self.prop(node, path, "EnumStrings", ObjectIds.LocalizedText,
-                      ua.Variant(texts, ua.VariantType.LocalizedText, is_array=True), value_rank=1)
+            self.prop(
+                node,
+                path,
+                "EnumStrings",
+                ObjectIds.LocalizedText,
+                ua.Variant(texts, ua.VariantType.LocalizedText, is_array=True),
+                value_rank=1,
+            )
         elif vtype is values.VariableType.TWO_STATE_DISCRETE:
             true_text, false_text = values.two_state_texts(spec)
             for name, text in (("TrueState", true_text), ("FalseState", false_text)):
-                self.prop(node, path, name, ObjectIds.LocalizedText,
-                          ua.Variant(ua.LocalizedText(text, "en"), ua.VariantType.LocalizedText))
+                self.prop(
+                    node,
+                    path,
+                    name,
+                    ObjectIds.LocalizedText,
+                    ua.Variant(ua.LocalizedText(text, "en"), ua.VariantType.LocalizedText),
+                )
         return node
 
-    def identification(self, asset: NodeData, asset_path: str, plc_id: str, asset_id: str,
-                       model: AssetModel) -> None:
+    def identification(
+        self, asset: NodeData, asset_path: str, plc_id: str, asset_id: str, model: AssetModel
+    ) -> None:
         # Names and types as in DI/Machinery MachineIdentificationType (conventions.md §1.4).
         text = ua.VariantType.LocalizedText
-        self.prop(asset, asset_path, "Manufacturer", ObjectIds.LocalizedText,
-                  ua.Variant(ua.LocalizedText(model.manufacturer, "en"), text), ns=self.types_ns)
-        self.prop(asset, asset_path, "Model", ObjectIds.LocalizedText,
-                  ua.Variant(ua.LocalizedText(model.model_name or model.type_name, "en"), text),
-                  ns=self.types_ns)
-        self.prop(asset, asset_path, "SerialNumber", ObjectIds.String,
-                  ua.Variant(f"{plc_id}-{asset_id}", ua.VariantType.String), ns=self.types_ns)
-        self.prop(asset, asset_path, "AssetType", ObjectIds.String,
-                  ua.Variant(model.type_name, ua.VariantType.String), ns=self.types_ns)
+        self.prop(
+            asset,
+            asset_path,
+            "Manufacturer",
+            ObjectIds.LocalizedText,
+            ua.Variant(ua.LocalizedText(model.manufacturer, "en"), text),
+            ns=self.types_ns,
+        )
+        self.prop(
+            asset,
+            asset_path,
+            "Model",
+            ObjectIds.LocalizedText,
+            ua.Variant(ua.LocalizedText(model.model_name or model.type_name, "en"), text),
+            ns=self.types_ns,
+        )
+        self.prop(
+            asset,
+            asset_path,
+            "SerialNumber",
+            ObjectIds.String,
+            ua.Variant(f"{plc_id}-{asset_id}", ua.VariantType.String),
+            ns=self.types_ns,
+        )
+        self.prop(
+            asset,
+            asset_path,
+            "AssetType",
+            ObjectIds.String,
+            ua.Variant(model.type_name, ua.VariantType.String),
+            ns=self.types_ns,
+        )
 
     def command(self, asset: NodeData, asset_path: str, spec: CommandSpec) -> NodeData:
         path = f"{asset_path}/{spec.name}()"
-        method = self.nodes.add_method(
-            nodeid(path, self.ns), self.name(spec.name), asset, spec.description
-        )
+        method = self.nodes.add_method(nodeid(path, self.ns), self.name(spec.name), asset, spec.description)
         if spec.args:
             arguments = [values.argument(arg) for arg in spec.args]
-            self.prop(method, path, "InputArguments", values.ARGUMENT_DATATYPE,
-                      ua.Variant(arguments, ua.VariantType.ExtensionObject, is_array=True), value_rank=1)
+            self.prop(
+                method,
+                path,
+                "InputArguments",
+                values.ARGUMENT_DATATYPE,
+                ua.Variant(arguments, ua.VariantType.ExtensionObject, is_array=True),
+                value_rank=1,
+            )
         return method
 
 
@@ -204,8 +262,11 @@ def build_plant_nodes(
         for asset_id in group.asset_ids:
             asset_path = f"{plc_path}/{asset_id}"
             asset = builder.nodes.add_object(
-                nodeid(asset_path, namespace_index), builder.name(asset_id), plc_node,
-                values.ObjectType.BASE_OBJECT, f"{model.type_name} {asset_id}",
+                nodeid(asset_path, namespace_index),
+                builder.name(asset_id),
+                plc_node,
+                values.ObjectType.BASE_OBJECT,
+                f"{model.type_name} {asset_id}",
             )
             builder.identification(asset, asset_path, plc_id, asset_id, model)
             for slot in tag_nodes:

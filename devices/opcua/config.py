@@ -1,8 +1,9 @@
 """OPC UA server settings beyond the port: security policies, users and roles, trust, history.
 
-``OpcUaServerConfig`` extends ``devices.config.OpcUaEndpointConfig`` (same ``enabled``/``port`` keys),
-so the plant config can switch ``PlcConfig.opcua`` to it without changing existing files. The exposer
-accepts either: a plain ``OpcUaEndpointConfig`` gets the defaults below.
+``OpcUaServerConfig`` has the same ``enabled``/``port`` keys as ``devices.config.OpcUaEndpointConfig``
+plus the settings below, so ``PlcConfig.opcua`` can switch to it without changing existing config
+files. It imports nothing from devices.config, so devices/config.py can import it. The exposer accepts
+either: a plain ``OpcUaEndpointConfig`` gets the defaults below.
 
 Defaults follow conventions.md §6.1 for a demo plant: a None endpoint and Basic256Sha256 Sign and
 SignAndEncrypt, anonymous read access, no operator users (so nobody can write until one is configured).
@@ -11,11 +12,10 @@ SignAndEncrypt, anonymous read access, no operator users (so nobody can write un
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import Field, SecretStr, model_validator
 
-from devices.config import OpcUaEndpointConfig
 from gateway.common.configfile import StrictModel
 
 
@@ -50,7 +50,9 @@ class OpcUaUser(StrictModel):
     role: Role = Role.VIEWER
 
 
-class OpcUaServerConfig(OpcUaEndpointConfig):
+class OpcUaServerConfig(StrictModel):
+    enabled: bool = True
+    port: int = Field(ge=1, le=65535)
     security_policies: tuple[SecurityPolicy, ...] = Field(default=DEFAULT_POLICIES, min_length=1)
     allow_anonymous: bool = True
     # Anonymous sessions get this role; "operator" lets any client write (bench / closed lab only).
@@ -79,7 +81,12 @@ class OpcUaServerConfig(OpcUaEndpointConfig):
         return any(policy is not SecurityPolicy.NONE for policy in self.security_policies)
 
 
-def server_config(endpoint: OpcUaEndpointConfig) -> OpcUaServerConfig:
+class _Endpoint(Protocol):
+    enabled: bool
+    port: int
+
+
+def server_config(endpoint: _Endpoint) -> OpcUaServerConfig:
     """The full server settings for a PLC's ``opcua`` block, filling defaults for a plain endpoint."""
     if isinstance(endpoint, OpcUaServerConfig):
         return endpoint

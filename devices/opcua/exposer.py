@@ -19,15 +19,9 @@ from datetime import timedelta
 from types import TracebackType
 
 from devices.config import AreaConfig, PlantSettings, PlcConfig, SiteConfig
-from devices.opcua import values
+from devices.opcua import INSTANCE_NAMESPACE_URI, TYPES_NAMESPACE_URI, values
 from devices.opcua._ua import Server
-from devices.opcua.address_space import (
-    INSTANCE_NAMESPACE_URI,
-    TYPES_NAMESPACE_URI,
-    AssetGroupView,
-    PlantNodes,
-    build_plant_nodes,
-)
+from devices.opcua.address_space import AssetGroupView, PlantNodes, build_plant_nodes
 from devices.opcua.config import OpcUaServerConfig, server_config
 from devices.opcua.methods import CommandMethods
 from devices.opcua.nodesets import import_nodesets
@@ -136,8 +130,13 @@ class OpcUaExposer:
         self._server = server
         self.startup_s = time.perf_counter() - began
         assert self._nodes is not None
-        log.info("OPC UA server for PLC %s at %s: %d nodes in %.2f s", self._plc_config.id, self.endpoint_url,
-                 self._nodes.node_count, self.startup_s)
+        log.info(
+            "OPC UA server for PLC %s at %s: %d nodes in %.2f s",
+            self._plc_config.id,
+            self.endpoint_url,
+            self._nodes.node_count,
+            self.startup_s,
+        )
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -160,9 +159,7 @@ class OpcUaExposer:
         if config.needs_certificate:
             pki = pki_layout(config, self._settings.data_dir, self._plc_config.id)
             await setup_certificate(server, pki, self.application_uri, self._plc_config.id)
-            validator = ClientCertificateValidator(pki, config.auto_accept)
-            await validator.load()
-            server.set_certificate_validator(validator)
+            server.set_certificate_validator(ClientCertificateValidator(pki, config.auto_accept))
         return server
 
     async def _build(self, server: Server) -> None:

@@ -101,8 +101,12 @@ class CommandMethods:
         waiter = asyncio.wrap_future(done)
         finished, _ = await asyncio.wait({waiter}, timeout=self.timeout_s())
         if not finished:
-            log.warning("OPC UA call %s.%s: the PLC did not scan within %.1f s", ref.asset_id, spec.name,
-                        self.timeout_s())
+            log.warning(
+                "OPC UA call %s.%s: the PLC did not scan within %.1f s",
+                ref.asset_id,
+                spec.name,
+                self.timeout_s(),
+            )
             return _result(StatusCodes.BadTimeout)
         failure = waiter.exception()
         if isinstance(failure, CommandRejected):

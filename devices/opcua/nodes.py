@@ -62,7 +62,8 @@ class NodeBuilder:
 
     def _text(self, text: str, locale: str | None = None) -> AttributeValue:
         return self._const(
-            ("text", text, locale), lambda: ua.Variant(ua.LocalizedText(text, locale), ua.VariantType.LocalizedText)
+            ("text", text, locale),
+            lambda: ua.Variant(ua.LocalizedText(text, locale), ua.VariantType.LocalizedText),
         )
 
     # --- node classes ----------------------------------------------------------------------------
@@ -126,7 +127,13 @@ class NodeBuilder:
         """A read-only PropertyType (i=68) variable with a constant value."""
         dtype = data_type if isinstance(data_type, ua.NodeId) else make_nodeid(data_type, 0)
         return self.add_variable(
-            nodeid, browse_name, parent, 68, dtype, ua.DataValue(value), value_rank=value_rank,
+            nodeid,
+            browse_name,
+            parent,
+            68,
+            dtype,
+            ua.DataValue(value),
+            value_rank=value_rank,
             is_property=True,
         )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, User, UserRole
 from asyncua.crypto.truststore import TrustStore
@@ -35,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devices.opcua._ua import ObjectIds, Server, nodeid
+from devices.opcua._ua import ObjectIds, Server, StatusCodes, nodeid
 from devices.opcua.config import OpcUaServerConfig, Role, SecurityPolicy
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,15 @@ class PkiLayout:
         return self.root / "rejected" / "certs"
 
     def create(self) -> None:
-        for folder in (self.cert_file.parent, self.key_file.parent, self.trusted_certs, self.trusted_crl,
-                       self.issuer_certs, self.issuer_crl, self.rejected_certs):
+        for folder in (
+            self.cert_file.parent,
+            self.key_file.parent,
+            self.trusted_certs,
+            self.trusted_crl,
+            self.issuer_certs,
+            self.issuer_crl,
+            self.rejected_certs,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.key_file.parent, 0o700)
 
@@ -121,34 +129,47 @@ async def setup_certificate(server: Server, pki: PkiLayout, app_uri: str, plc_id
 class ClientCertificateValidator:
     """TRUSTED_VALIDATION against the PKI folders; a refused certificate is copied to rejected/certs.
 
-    With ``auto_accept`` (demo mode) every certificate passing the basic checks is copied to
-    trusted/certs and accepted.
+    With ``auto_accept`` (demo mode) every certificate passing the time/URI/key-usage checks is
+    copied to trusted/certs and accepted. The folders are re-read on every session, so a certificate
+    an admin moves from rejected/ to trusted/ works without a restart.
     """
 
     def __init__(self, pki: PkiLayout, auto_accept: bool) -> None:
         self._pki = pki
         self._auto_accept = auto_accept
-        self._trust_store = TrustStore(
-            [pki.trusted_certs, pki.issuer_certs], [pki.trusted_crl, pki.issuer_crl]
-        )
-        options = CertificateValidatorOptions.PEER_CLIENT | (
-            CertificateValidatorOptions.EXT_VALIDATION if auto_accept
-            else CertificateValidatorOptions.TRUSTED_VALIDATION
-        )
-        self._validator = CertificateValidator(options, self._trust_store)
 
-    async def load(self) -> None:
-        await self._trust_store.load()
+    def _has_trust(self) -> bool:
+        return any(
+            path.suffix.lower() in (".der", ".pem")
+            for folder in (self._pki.trusted_certs, self._pki.issuer_certs)
+            for path in folder.iterdir()
+        )
+
+    async def _validator(self) -> CertificateValidator:
+        if self._auto_accept:
+            return CertificateValidator(
+                CertificateValidatorOptions.EXT_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+            )
+        if not self._has_trust():
+            # asyncua's TrustStore cannot be empty: with nothing trusted, nothing is.
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
+        store = TrustStore([self._pki.trusted_certs, self._pki.issuer_certs], [self._pki.trusted_crl])
+        await store.load()
+        return CertificateValidator(
+            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store
+        )
 
     async def __call__(self, cert: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
-        # Re-read the folders so a certificate an admin just moved to trusted/ works without a restart.
-        await self._trust_store.load()
         try:
-            await self._validator.validate(cert, app_description)
+            validator = await self._validator()
+            await validator.validate(cert, app_description)
         except Exception:
             self._store(cert, self._pki.rejected_certs)
-            log.warning("OPC UA: rejected client certificate of %s (copied to %s)",
-                        app_description.ApplicationUri, self._pki.rejected_certs)
+            log.warning(
+                "OPC UA: rejected client certificate of %s (copied to %s)",
+                app_description.ApplicationUri,
+                self._pki.rejected_certs,
+            )
             raise
         if self._auto_accept:
             self._store(cert, self._pki.trusted_certs)

@@ -55,7 +55,9 @@ class PlcAttributeService(AttributeService):
         self.refused = 0
 
     async def write(
-        self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)  # noqa: B008 (asyncua's signature)
+        self,
+        params: ua.WriteParameters,
+        user: User = User(role=UserRole.Admin),  # noqa: B008 (asyncua's signature)
     ) -> list[ua.StatusCode]:
         results: list[ua.StatusCode | None] = []
         passed: list[tuple[int, ua.WriteValue]] = []
@@ -94,15 +96,20 @@ class PlcAttributeService(AttributeService):
             return self._refuse(ref, user, values.status_for_error(exc), str(exc))
         done.add_done_callback(lambda future: self._applied(ref, future))
         self.accepted += 1
-        log.info("OPC UA write %s/%s = %r by %s queued", ref.asset_id, spec.key, value,
-                 user.name or "anonymous")
+        log.info(
+            "OPC UA write %s/%s = %r by %s queued", ref.asset_id, spec.key, value, user.name or "anonymous"
+        )
         return StatusCodes.Good
 
     def _refuse(self, ref: TagRef, user: User, code: int, reason: str) -> int:
         self.refused += 1
         log.info(
             "OPC UA write %s/%s by %s refused: %s (%s)",
-            ref.asset_id, ref.spec.key, user.name or "anonymous", status(code).name, reason,
+            ref.asset_id,
+            ref.spec.key,
+            user.name or "anonymous",
+            status(code).name,
+            reason,
         )
         return code
 
@@ -110,5 +117,6 @@ class PlcAttributeService(AttributeService):
     def _applied(ref: TagRef, future: Future[None]) -> None:
         exc = future.exception() if not future.cancelled() else None
         if exc is not None:
-            log.warning("OPC UA write %s/%s was refused by the PLC at scan: %s",
-                        ref.asset_id, ref.spec.key, exc)
+            log.warning(
+                "OPC UA write %s/%s was refused by the PLC at scan: %s", ref.asset_id, ref.spec.key, exc
+            )

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import jwt
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
 from pwdlib import PasswordHash
 from pydantic import Field, SecretStr
@@ -101,10 +102,12 @@ class BootstrapAdmin:
 
 
 class LoginRateLimiter:
-    """Sliding window of attempts per key (username + client address), in memory.
+    """Failed logins per key (username + client address) in a sliding window, in memory.
 
-    In memory is enough for one gateway process; the window is short, so a restart forgets little.
-    The table is pruned when it grows, so a flood of distinct usernames cannot exhaust memory.
+    Only failures count, so a script that logs in correctly every few minutes is never blocked;
+    once ``limit`` failures fall in the window every attempt is refused, the right password too,
+    until the oldest failure leaves the window. In memory is enough for one gateway process; the
+    table is pruned when it grows, so a flood of distinct usernames cannot exhaust memory.
     """
 
     def __init__(
@@ -113,24 +116,29 @@ class LoginRateLimiter:
         self.limit = limit
         self.window_s = window_s
         self.clock = clock
-        self._attempts: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}
 
-    def check(self, key: str) -> float | None:
-        """Record an attempt; return None when allowed, else the seconds to wait."""
+    def retry_after(self, key: str) -> float | None:
+        """None when an attempt is allowed now, else the seconds to wait."""
+        failures = self._failures.get(key)
+        if not failures:
+            return None
         now = self.clock()
-        if len(self._attempts) > 10_000:
-            self._prune(now)
-        attempts = self._attempts.setdefault(key, deque())
-        while attempts and attempts[0] <= now - self.window_s:
-            attempts.popleft()
-        if len(attempts) >= self.limit:
-            return attempts[0] + self.window_s - now
-        attempts.append(now)
-        return None
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if len(failures) < self.limit:
+            return None
+        return failures[0] + self.window_s - now
 
-    def _prune(self, now: float) -> None:
-        for key in [k for k, v in self._attempts.items() if not v or v[-1] <= now - self.window_s]:
-            del self._attempts[key]
+    def failed(self, key: str) -> None:
+        now = self.clock()
+        if len(self._failures) > 10_000:
+            for stale in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s]:
+                del self._failures[stale]
+        self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 class Authenticator:
@@ -140,26 +148,39 @@ class Authenticator:
         self,
         config: AuthConfig,
         users: UserStore,
-        secret: str,
+        secret: str | Callable[[], str],
         *,
         clock: Callable[[], float] = time.time,
         hasher: PasswordHash | None = None,
     ) -> None:
-        if len(secret) < 32:
-            raise ValueError("the JWT secret must be at least 32 characters (HS256 needs >= 256 bits)")
         self.config = config
         self.users = users
-        self._secret = secret
+        # A callable is resolved at first use, so building the app does no file I/O (habit 3).
+        self._secret_source = secret
+        self._secret_value: str | None = None
         self.clock = clock
         self.hasher = hasher or PasswordHash.recommended()
-        self.limiter = LoginRateLimiter(config.login_attempts_per_minute)
-        # A fixed hash to verify against for unknown users, so response time does not reveal which
-        # usernames exist.
-        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self.limiter = LoginRateLimiter(config.login_attempts_per_minute, clock=clock)
+        self._dummy_hash: str | None = None
         self._bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
-    def hash_password(self, password: str) -> str:
-        return self.hasher.hash(password)
+    @property
+    def _secret(self) -> str:
+        if self._secret_value is None:
+            source = self._secret_source
+            secret = source if isinstance(source, str) else source()
+            if len(secret) < 32:
+                raise ValueError("the JWT secret must be at least 32 characters (HS256 needs >= 256 bits)")
+            self._secret_value = secret
+        return self._secret_value
+
+    def load_secret(self) -> None:
+        """Resolve the signing key now (at start) so a bad secret fails the start, not a login."""
+        _ = self._secret
+
+    async def hash_password(self, password: str) -> str:
+        # Argon2 is deliberately slow (tens of ms): off the event loop, so logins don't stall streams.
+        return await asyncio.to_thread(self.hasher.hash, password)
 
     async def bootstrap(self, env: Mapping[str, str] = os.environ) -> BootstrapAdmin | None:
         """Create the first admin when there are no users; None when users already exist."""
@@ -167,7 +188,8 @@ class Authenticator:
             return None
         given = env.get(ADMIN_PASSWORD_ENV)
         password = given or secrets.token_urlsafe(18)
-        created = await self.users.create("admin", self.hash_password(password), "admin", only_if_empty=True)
+        hashed = await self.hash_password(password)
+        created = await self.users.create("admin", hashed, "admin", only_if_empty=True)
         if created is None:
             return None
         return BootstrapAdmin("admin", None if given else password)
@@ -175,9 +197,14 @@ class Authenticator:
     async def authenticate(self, username: str, password: str) -> UserRecord | None:
         user = await self.users.get(username)
         if user is None or user.disabled:
-            self.hasher.verify(password, self._dummy_hash)
+            # Verify against a throw-away hash anyway, so the response time does not tell which
+            # usernames exist.
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.hash_password(secrets.token_urlsafe(16))
+            await asyncio.to_thread(self.hasher.verify, password, self._dummy_hash)
             return None
-        return user if self.hasher.verify(password, user.password_hash) else None
+        valid = await asyncio.to_thread(self.hasher.verify, password, user.password_hash)
+        return user if valid else None
 
     def issue(self, user: UserRecord) -> IssuedToken:
         now = int(self.clock())
@@ -210,20 +237,21 @@ class Authenticator:
             raise _unauthorized("invalid token: unknown role")
         return Principal(sub=str(claims["sub"]), role=role, jti=str(claims["jti"]))
 
-    async def principal(self, request: Request) -> Principal:
+    def principal_of(self, token: str | None) -> Principal:
         """The caller: from the bearer token, else anonymous when allowed, else 401."""
-        token = await self._bearer(request)
         if token:
             return self.decode(token)
         if self.config.anonymous_read:
             return ANONYMOUS
         raise _unauthorized("authentication required: send 'Authorization: Bearer <token>'")
 
-    def require(self, role: Role) -> Callable[[Request], Awaitable[Principal]]:
+    def require(self, role: Role) -> Callable[..., Awaitable[Principal]]:
         """Route dependency: the caller if it has ``role`` or more; else 401 (no identity) or 403."""
 
-        async def dependency(request: Request) -> Principal:
-            caller = await self.principal(request)
+        # The bearer scheme as a sub-dependency puts the OAuth2 password flow into OpenAPI, so the
+        # docs' Authorize button works.
+        async def dependency(token: str | None = Depends(self._bearer)) -> Principal:
+            caller = self.principal_of(token)
             if not caller.has(role):
                 if caller.anonymous:
                     raise _unauthorized(f"authentication required: this needs the {role} role")

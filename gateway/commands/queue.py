@@ -300,8 +300,9 @@ class CommandQueue:
             outcome, reason = "FAILED", f"timed out after {self.config.execute_timeout_s:g} s"
         except Exception as exc:  # the callback reports every failure as an exception with the reason
             outcome, reason = "FAILED", str(exc) or type(exc).__name__
-        finally:
-            self._running.discard(command_id)
+        # Not in a finally: when close() cancels us mid-execution the id must stay in _running, so
+        # close() can mark it FAILED.
+        self._running.discard(command_id)
         done = self.clock()
         final = await self.db.run(lambda conn: store.transition_sync(
             conn, command_id, "IN_PROGRESS", outcome, done, SYSTEM, reason))

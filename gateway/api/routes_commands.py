@@ -1,0 +1,149 @@
+"""Routes of the command queue, the audit log, and the seed route ``GET /commands/pending``.
+
+Seed mapping: the warehouse twin's controller polled ``GET /commands/pending`` for the commands it
+had to execute. Here the gateway executes them itself, so the route is read-only: it lists the
+commands still waiting (state PENDING, oldest first) in the same shape as ``/api/v1/commands``.
+Its ``POST /commands/{id}/status`` has no equivalent: only the executor moves a command's state.
+"""
+
+# No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
+# parameter types, which refer to closure variables a string annotation cannot see.
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from gateway.api.auth import Authenticator, Principal, client_ip
+from gateway.commands.queue import CommandConflict, CommandQueue, CommandRejected
+from gateway.commands.store import CommandRecord, CommandRequest, CommandState, IdempotencyConflict
+from gateway.storage.audit import Actor, AuditLog
+
+MAX_PAGE = 500
+
+
+class CommandOut(BaseModel):
+    id: int
+    asset: str
+    command: str
+    tag: str | None
+    value: Any
+    args: list[Any]
+    state: CommandState
+    reason: str | None = Field(description="why it failed, expired or was cancelled")
+    created_by: str
+    channel: str
+    idempotency_key: str | None
+    created_at: datetime
+    expires_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: CommandRecord) -> "CommandOut":
+        return cls(**asdict(record))
+
+
+class AuditOut(BaseModel):
+    id: int | None
+    ts: datetime
+    actor: str
+    roles: list[str]
+    ip: str | None
+    action: str
+    target: dict[str, Any]
+    requested: Any
+    result: str
+    detail: str | None
+    correlation_id: str | None
+    channel: str
+
+
+def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: AuditLog) -> APIRouter:
+    router = APIRouter(tags=["commands"])
+    Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
+    Operator = Annotated[Principal, Depends(auth.require("operator"))]
+    Admin = Annotated[Principal, Depends(auth.require("admin"))]
+    errors: dict[int | str, dict[str, Any]] = {
+        409: {"description": "Idempotency-Key reused with a different body"},
+        422: {"description": "unknown asset or tag, read-only, out of range, wrong type"},
+        428: {"description": "Idempotency-Key required by configuration"},
+        429: {"description": "too many pending commands for the asset"},
+    }
+
+    @router.post(
+        "/api/v1/commands", response_model=CommandOut, status_code=201, responses=errors,
+        summary="Queue a tag write or a named command (operator)",
+        description="Validated against the tag catalogue before it is accepted. Repeating a request with "
+                    "the same Idempotency-Key returns the original command (200, Idempotent-Replayed: true).",
+    )
+    async def submit(
+        body: CommandRequest, caller: Operator, request: Request, response: Response,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+        = None,
+    ) -> CommandOut:
+        actor = Actor(caller.sub, (caller.role,), client_ip(request), "rest")
+        try:
+            record, replayed = await queue.submit(body, actor, idempotency_key)
+        except CommandRejected as exc:
+            raise HTTPException(exc.status, exc.reason) from None
+        except IdempotencyConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        if replayed:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+        response.headers["Location"] = f"/api/v1/commands/{record.id}"
+        return CommandOut.of(record)
+
+    @router.get("/api/v1/commands", response_model=list[CommandOut], summary="Commands, newest first")
+    async def list_commands(
+        _: Viewer,
+        state: Annotated[list[CommandState] | None, Query(description="repeat for several")] = None,
+        asset: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        before_id: int | None = None,
+    ) -> list[CommandOut]:
+        records = await queue.list_commands(states=tuple(state or ()), asset=asset, limit=limit,
+                                            before_id=before_id)
+        return [CommandOut.of(r) for r in records]
+
+    @router.get("/api/v1/commands/{command_id}", response_model=CommandOut,
+                responses={404: {"description": "no such command"}})
+    async def get_command(command_id: int, _: Viewer) -> CommandOut:
+        record = await queue.get(command_id)
+        if record is None:
+            raise HTTPException(404, f"no command {command_id}")
+        return CommandOut.of(record)
+
+    @router.post("/api/v1/commands/{command_id}/cancel", response_model=CommandOut,
+                 summary="Cancel a command still PENDING (operator)",
+                 responses={404: {"description": "no such command"}, 409: {"description": "not pending"}})
+    async def cancel(command_id: int, caller: Operator, request: Request) -> CommandOut:
+        try:
+            record = await queue.cancel(command_id, Actor(caller.sub, (caller.role,), client_ip(request)))
+        except KeyError:
+            raise HTTPException(404, f"no command {command_id}") from None
+        except CommandConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return CommandOut.of(record)
+
+    @router.get("/commands/pending", response_model=list[CommandOut], tags=["seed routes"],
+                summary="Seed route: commands waiting to execute, oldest first")
+    async def pending(_: Viewer) -> list[CommandOut]:
+        records = await queue.list_commands(states=("PENDING",), limit=MAX_PAGE)
+        return [CommandOut.of(r) for r in reversed(records)]
+
+    @router.get("/api/v1/audit", response_model=list[AuditOut], tags=["audit"],
+                summary="The audit log, newest first (admin)")
+    async def audit_log(
+        _: Admin,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        before_id: int | None = None,
+        action: Annotated[str | None, Query(description="prefix, e.g. command. or auth.")] = None,
+    ) -> list[AuditOut]:
+        entries = await audit.entries(limit=limit, before_id=before_id, action_prefix=action)
+        return [AuditOut(**{**asdict(e), "roles": list(e.roles)}) for e in entries]
+
+    return router
