@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from devices.assets.registry import ASSET_TYPES
+from devices.opcua.config import OpcUaServerConfig
 from devices.scenarios import ScenarioConfig
 from gateway.common.configfile import ConfigIssue, EnvOverride, KeyPath, StrictModel, load_config
 
@@ -23,11 +24,6 @@ PLANT_ENV_OVERRIDES = (
     EnvOverride("TWINEDGE_ADVERTISE_HOST", ("plant", "advertise_host")),
     EnvOverride("TWINEDGE_SPEED", ("plant", "speed")),
 )
-
-
-class OpcUaEndpointConfig(StrictModel):
-    enabled: bool = True
-    port: int = Field(ge=1, le=65535)
 
 
 class ModbusEndpointConfig(StrictModel):
@@ -60,7 +56,7 @@ CouplingName = Literal["machine_shop", "mine"]
 class PlcConfig(StrictModel):
     id: str = Field(pattern=IDENT)
     scan_period_ms: int = Field(default=100, ge=10, le=60_000)
-    opcua: OpcUaEndpointConfig
+    opcua: OpcUaServerConfig
     modbus: ModbusEndpointConfig
     assets: list[AssetConfig] = Field(min_length=1)
     # Flows between the PLC's asset types: machine_shop (a stopped conveyor starves mills and

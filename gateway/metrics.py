@@ -18,7 +18,9 @@ from gateway.sinks.base import Sink
 
 
 class GatewayMetrics(Collector):
-    def __init__(self, registry: CollectorRegistry, poller: Poller, sinks: Sequence[Sink], pipeline: Pipeline) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, poller: Poller, sinks: Sequence[Sink], pipeline: Pipeline
+    ) -> None:
         self.registry = registry
         self._poller = poller
         self._sinks = tuple(sinks)
@@ -29,7 +31,9 @@ class GatewayMetrics(Collector):
         connected = GaugeMetricFamily("twinedge_source_connected", "1 when the source is connected", labels=["source"])
         reads = CounterMetricFamily("twinedge_source_reads", "Completed polls", labels=["source"])
         values = CounterMetricFamily("twinedge_source_values", "Readings read (any quality)", labels=["source"])
-        bad = CounterMetricFamily("twinedge_source_bad_values", "Readings read with non-Good quality", labels=["source"])
+        bad = CounterMetricFamily(
+            "twinedge_source_bad_values", "Readings read with non-Good quality", labels=["source"]
+        )
         errors = CounterMetricFamily("twinedge_source_errors", "Polls that failed", labels=["source"])
         overruns = CounterMetricFamily("twinedge_source_overruns", "Polls that overran their interval",
                                        labels=["source"])

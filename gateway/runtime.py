@@ -170,7 +170,7 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
             server = _EmbeddedServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
                                                     log_level="warning", lifespan="off"))
             api_task = asyncio.create_task(server.serve())
-            while not server.started and not api_task.done():
+            while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn has no startup event
                 await asyncio.sleep(0.05)
             if api_task.done():
                 api_task.result()

@@ -129,7 +129,8 @@ def test_stopped_conveyor_starves_the_mill() -> None:
         AssetGroup(CncMill(), ("mill",)),
         AssetGroup(Lathe(), ("lathe",)),
     ]
-    plc = Plc("shop", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), 1.0, 7, coupling=machine_shop_coupling())
+    clock = VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC))
+    plc = Plc("shop", groups, clock, 1.0, 7, coupling=machine_shop_coupling())
     for _ in range(30):
         image = plc.scan()
     assert image.lookup("mill", "state")[0] == cnc_mill.CUTTING

@@ -24,7 +24,8 @@ def mine_plc(trucks: int = 6, seed: int = 3, period: float = 10.0) -> Plc:
         AssetGroup(Stockpile(), ("pile",)),
         AssetGroup(MineKpis(), ("mine",)),
     ]
-    plc = Plc("mine-plc", groups, VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC)), period, seed, coupling=mine_coupling())
+    clock = VirtualClock(start=datetime(2025, 1, 1, tzinfo=UTC))
+    plc = Plc("mine-plc", groups, clock, period, seed, coupling=mine_coupling())
     return plc
 
 

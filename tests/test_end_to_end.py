@@ -157,7 +157,7 @@ async def test_thin_path_end_to_end(
                 response = await http.get("/api/v1/devices/conveyor-01")
                 assert response.status_code == 200
                 body = response.json()
-                assert body["type"] == "conveyor" and body["plc"] == "plc-1" and body["site"] == "factory"
+                assert (body["type"], body["plc"], body["site"]) == ("conveyor", "plc-1", "factory")
                 assert set(body["values"]) == set(TAGS)
                 for tag in TAGS:
                     value = body["values"][tag]

@@ -1,9 +1,4 @@
-"""OPC UA server settings beyond the port: security policies, users and roles, trust, history.
-
-``OpcUaServerConfig`` has the same ``enabled``/``port`` keys as ``devices.config.OpcUaEndpointConfig``
-plus the settings below, so ``PlcConfig.opcua`` can switch to it without changing existing config
-files. It imports nothing from devices.config, so devices/config.py can import it. The exposer accepts
-either: a plain ``OpcUaEndpointConfig`` gets the defaults below.
+"""OPC UA server settings of a PLC (``opcua:`` in plant.yaml): port, security, users and roles, trust, history.
 
 Defaults follow conventions.md §6.1 for a demo plant: a None endpoint and Basic256Sha256 Sign and
 SignAndEncrypt, anonymous read access, no operator users (so nobody can write until one is configured).
@@ -12,7 +7,7 @@ SignAndEncrypt, anonymous read access, no operator users (so nobody can write un
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -79,15 +74,3 @@ class OpcUaServerConfig(StrictModel):
     @property
     def needs_certificate(self) -> bool:
         return any(policy is not SecurityPolicy.NONE for policy in self.security_policies)
-
-
-class _Endpoint(Protocol):
-    enabled: bool
-    port: int
-
-
-def server_config(endpoint: _Endpoint) -> OpcUaServerConfig:
-    """The full server settings for a PLC's ``opcua`` block, filling defaults for a plain endpoint."""
-    if isinstance(endpoint, OpcUaServerConfig):
-        return endpoint
-    return OpcUaServerConfig(enabled=endpoint.enabled, port=endpoint.port)

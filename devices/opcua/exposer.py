@@ -22,7 +22,7 @@ from devices.config import AreaConfig, PlantSettings, PlcConfig, SiteConfig
 from devices.opcua import INSTANCE_NAMESPACE_URI, TYPES_NAMESPACE_URI, values
 from devices.opcua._ua import Server
 from devices.opcua.address_space import AssetGroupView, PlantNodes, build_plant_nodes
-from devices.opcua.config import OpcUaServerConfig, server_config
+from devices.opcua.config import OpcUaServerConfig
 from devices.opcua.methods import CommandMethods
 from devices.opcua.nodesets import import_nodesets
 from devices.opcua.publisher import ValuePublisher
@@ -59,7 +59,7 @@ class OpcUaExposer:
         self._area = area
         self._plc_config = plc_config
         self._settings = settings
-        self._config: OpcUaServerConfig = server_config(plc_config.opcua)
+        self._config: OpcUaServerConfig = plc_config.opcua
         self._server: Server | None = None
         self._nodes: PlantNodes | None = None
         self._publisher: ValuePublisher | None = None

@@ -63,10 +63,7 @@ def _short(value: Any) -> str:
 def _set_path(tree: dict[str, Any], path: KeyPath, value: Any) -> None:
     node: Any = tree
     for part in path[:-1]:
-        if isinstance(node, dict):
-            node = node.setdefault(part, {})
-        else:
-            node = node[part]
+        node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
     node[path[-1]] = value
 
 
