@@ -22,10 +22,22 @@ class VirtualClock:
         if speed <= 0:
             raise ValueError(f"clock speed must be positive, got {speed}")
         self._monotonic = monotonic
+        self._start_given = start is not None
         self.start = start if start is not None else datetime.now(UTC).replace(microsecond=0)
         self._speed = speed
         self._anchor_real = monotonic()
         self._anchor_plant = 0.0
+
+    def begin(self) -> None:
+        """Start pacing now: plant second 0 is this instant (and, unless configured, ``start`` too).
+
+        Called when the PLCs start scanning, so the seconds spent starting servers neither count as
+        overruns nor put the plant's timestamps behind the wall clock.
+        """
+        self._anchor_real = self._monotonic()
+        self._anchor_plant = 0.0
+        if not self._start_given:
+            self.start = datetime.now(UTC)
 
     @property
     def speed(self) -> float:

@@ -7,10 +7,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+import uvicorn
 
 from devices.assets.coupling import PlantCoupling, machine_shop_coupling
 from devices.assets.mine import mine_coupling
@@ -80,6 +83,14 @@ def write_catalogue(config: PlantConfig) -> Path:
     return target
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn's Server without its signal handlers: the plant process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Plant:
     """Runs every PLC of the config until stopped. ``announce`` receives human-readable lines."""
 
@@ -114,8 +125,41 @@ class Plant:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve and scan every PLC on the virtual clock until ``stop`` is set."""
-        async with self.serving():
+        async with self.serving(), self.control_api():
             self._announce(f"plant ready: {len(self.plcs)} PLC(s), clock speed {self.clock.speed:g}x")
+            self.clock.begin()
             async with asyncio.TaskGroup() as group:
                 for placed in self.plcs:
                     group.create_task(placed.plc.run(stop))
+
+    @contextlib.asynccontextmanager
+    async def control_api(self) -> AsyncIterator[None]:
+        """Serve devices/control_api.py on ``plant.api_port`` while the plant runs.
+
+        The socket is bound here, not by uvicorn, so a port in use costs a warning instead of
+        uvicorn's sys.exit, which would take the plant down with it.
+        """
+        settings = self.config.plant
+        if settings.api_port is None:
+            yield
+            return
+        from devices.control_api import create_control_app  # FastAPI only when the API is on
+
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.bind_host, settings.api_port))
+        except OSError as exc:
+            sock.close()
+            log.warning("plant control API not started: %s:%d: %s", settings.bind_host, settings.api_port, exc)
+            yield
+            return
+        server = _QuietServer(uvicorn.Config(create_control_app(self), log_level="warning", lifespan="off"))
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="plant-control-api")
+        self._announce(f"  control API: http://{settings.endpoint_host}:{settings.api_port}/docs")
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await asyncio.gather(task, return_exceptions=True)
+            sock.close()
