@@ -87,6 +87,8 @@ class PlantSettings(StrictModel):
     data_dir: Path = Path("data")
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
+    # The plant control API (faults, scenarios, clock, forced tags: devices/control_api.py); None: off.
+    api_port: int | None = Field(default=8090, ge=1, le=65535)
 
     @property
     def endpoint_host(self) -> str:

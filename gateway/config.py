@@ -8,10 +8,14 @@ from typing import Annotated
 
 from pydantic import Field
 
+from gateway.alerts.service import AlertsConfig
+from gateway.api.auth import AuthConfig
+from gateway.commands.queue import CommandQueueConfig
 from gateway.common.configfile import ConfigIssue, EnvOverride, StrictModel, load_config
 from gateway.sinks.influx import InfluxSinkConfig
 from gateway.sinks.mqtt import MqttSinkConfig
 from gateway.sources.config import ModbusSourceConfig, OpcUaSourceConfig
+from gateway.storage.db import StorageConfig
 
 GATEWAY_ENV_OVERRIDES = (
     EnvOverride("TWINEDGE_DATA_DIR", ("gateway", "data_dir")),
@@ -47,10 +51,37 @@ class SinksConfig(StrictModel):
     influx: InfluxSinkConfig = InfluxSinkConfig()
 
 
+class WebSocketConfig(StrictModel):
+    """``api.websocket``: per-client queues and the fixed-period streams."""
+
+    # Messages a client may have waiting; beyond it the oldest go (counted, and the client is told).
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    snapshot_period_s: float = Field(default=5.0, gt=0, le=3600)  # the mine snapshot stream
+    machine_period_s: float = Field(default=0.1, gt=0, le=60)  # /ws/machines/{id}: about 10 Hz
+    # The token may come as a ?token= query parameter when a client cannot set
+    # Sec-WebSocket-Protocol; URLs end up in proxy and access logs, so it can be switched off.
+    allow_query_token: bool = True
+
+
 class ApiConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    auth: AuthConfig = AuthConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
+    # The local history ring behind /api/v1/assets/{id}/history: readings kept per tag.
+    history_per_tag: int = Field(default=3600, ge=1, le=1_000_000)
+    snapshots_kept: int = Field(default=720, ge=1, le=100_000)  # /api/historical-data ring (1 h at 5 s)
+
+
+class CommandsConfig(CommandQueueConfig):
+    """``commands:``: the queue's settings plus how the runtime executes a command."""
+
+    # asset or PLC id -> source name, for a PLC read by several sources (say OPC UA and Modbus);
+    # default: the first source in ``sources:`` that reads the asset.
+    route: dict[str, str] = Field(default_factory=dict)
+    # Floats travel as float32: a read-back within this relative tolerance counts as equal.
+    readback_rel_tol: float = Field(default=1e-6, ge=0, le=0.01)
 
 
 class ProcessingConfig(StrictModel):
@@ -68,6 +99,9 @@ class GatewayConfig(StrictModel):
     processing: ProcessingConfig = ProcessingConfig()
     sinks: SinksConfig = SinksConfig()
     api: ApiConfig = ApiConfig()
+    storage: StorageConfig = StorageConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    commands: CommandsConfig = CommandsConfig()
 
     def check(self) -> list[ConfigIssue]:
         issues: list[ConfigIssue] = []
@@ -79,6 +113,9 @@ class GatewayConfig(StrictModel):
             if source.plc is not None and self.gateway.catalogue is None:
                 issues.append(ConfigIssue(("sources", index, "plc"), source.plc,
                                           "refers to a catalogue PLC but gateway.catalogue is not set"))
+        for key, name in self.commands.route.items():
+            if name not in seen:
+                issues.append(ConfigIssue(("commands", "route", key), name, "no source of that name"))
         return issues
 
 

@@ -3,31 +3,50 @@
 Stopping order matters for "losing nothing": polling stops first, then the pipeline's last batches
 are in the sinks' durable outboxes, then each sink drains what it can before closing. What it cannot
 deliver stays in its outbox for the next start.
+
+Start order: sinks, the alert publisher, the edge services (database, first admin, alert rules,
+command recovery), the mine snapshot loop, the API, and the poller last, so the first batch finds
+every consumer ready. Each batch goes through the Pipeline (latest values, sinks) and then the
+runtime's consumers (see ``_Consumers``): history ring, command read-back, WebSocket hub, alerts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.api.app import create_app
-from gateway.api.state import AssetInfo, EdgeState, SourceStatus
+from gateway.alerts.store import AlertRecord
+from gateway.api.app import ApiParts, create_app
+from gateway.api.edge import EdgeServices
+from gateway.api.routes_commands import CommandOut
+from gateway.api.seed_routes import MineSnapshots
+from gateway.api.state import AssetInfo, EdgeState, RecentHistory, SourceStatus
+from gateway.api.ws import WsHub
 from gateway.catalogue import Catalogue, load_catalogue
+from gateway.commands.queue import CommandRejected
+from gateway.commands.store import CommandRecord, CommandRequest
+from gateway.commands.validation import catalogue_validator
 from gateway.common.configfile import ConfigError
 from gateway.config import GatewayConfig, SourceConfig
+from gateway.encoders.uns_json import Message, format_ts, json_value, sanitize_level
+from gateway.executor import CommandExecutor
 from gateway.latest import LatestValues
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.poller import Poller
 from gateway.processors import Deadband, ReportByException
+from gateway.readings import Reading
 from gateway.sinks.base import Sink
 from gateway.sinks.influx import InfluxSink
 from gateway.sinks.mqtt import MqttSink
@@ -35,8 +54,12 @@ from gateway.sources.base import Source
 from gateway.sources.config import ModbusSourceConfig
 from gateway.sources.modbus import ModbusSource
 from gateway.sources.opcua import OpcUaSource
+from gateway.storage.db import Database
 
 log = logging.getLogger(__name__)
+
+STALE_CHECK_S = 1.0  # how often alerts are evaluated without data, so stale-data rules fire
+ALERT_QUEUE_MAX = 10_000
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -59,6 +82,11 @@ class Gateway:
     poller: Poller
     state: EdgeState
     metrics: GatewayMetrics
+    edge: EdgeServices
+    hub: WsHub
+    executor: CommandExecutor
+    snapshots: MineSnapshots
+    alert_mqtt: AlertMqttPublisher | None
 
 
 def _load_catalogue(config: GatewayConfig) -> Catalogue | None:
@@ -98,6 +126,144 @@ def _assets(config: GatewayConfig, catalogue: Catalogue | None) -> dict[str, Ass
     return assets
 
 
+def _command_routes(config: GatewayConfig, assets: dict[str, AssetInfo],
+                    catalogue: Catalogue | None) -> dict[str, str]:
+    """asset -> the source its commands go through: ``commands.route`` by asset or PLC id, else the
+    first source in config order that reads the asset."""
+    routes: dict[str, str] = {}
+    for source in config.sources:
+        if source.plc is not None and catalogue is not None:
+            ids = [a.id for a in catalogue.plc(source.plc).assets]
+        else:
+            ids = [t.asset for t in source.tags]
+        for asset in ids:
+            routes.setdefault(asset, source.name)
+    for asset, info in assets.items():
+        chosen = config.commands.route.get(asset) or config.commands.route.get(info.plc)
+        if chosen is not None:
+            routes[asset] = chosen
+    return routes
+
+
+class AlertTopics:
+    """Encoder of alert transitions for MQTT: ``<prefix>/<site>/<area>/<asset>/alerts/<rule>``.
+
+    An open alert (active or acknowledged) is published retained, so a subscriber arriving later
+    sees it; a cleared one publishes an empty retained payload, which deletes the retained message
+    (MQTT 3.1.1 §3.3.1.3). It rides the MqttSink as a carrier Reading (tag = rule id, value = the
+    JSON payload) so alerts get the sink's durable outbox, ordering and reconnects for free.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = "/".join(sanitize_level(p) for p in prefix.split("/") if p.strip())
+
+    def carrier(self, record: AlertRecord, site: str, area: str) -> Reading:
+        payload = "" if record.state == "cleared" else json.dumps({
+            "id": record.id, "rule": record.rule_id, "asset": record.asset, "tag": record.tag,
+            "severity": record.severity, "state": record.state, "message": record.message,
+            "value": json_value(record.value), "raised_at": format_ts(record.raised_at),
+            "acked_by": record.acked_by, "acked_at": format_ts(record.acked_at) if record.acked_at else None,
+            "ack_comment": record.ack_comment,
+        }, separators=(",", ":"))
+        now = datetime.now(UTC)
+        return Reading("alerts", record.asset, record.rule_id, payload, 0, now, now, site, area)
+
+    def encode(self, batch: Sequence[Reading]) -> list[Message]:
+        return [Message(f"{self.prefix}/{sanitize_level(r.site)}/{sanitize_level(r.area)}/"
+                        f"{sanitize_level(r.asset)}/alerts/{sanitize_level(r.tag)}", str(r.value).encode())
+                for r in batch]
+
+
+class AlertMqttPublisher:
+    """Alert transitions onto MQTT through a second MqttSink (own outbox ``mqtt-alerts``, own client,
+    always retained). Listeners must not block, so transitions wait in a bounded queue (drops counted)
+    for the task that appends them to the durable outbox."""
+
+    def __init__(self, config: GatewayConfig, assets: dict[str, AssetInfo]) -> None:
+        mqtt = config.sinks.mqtt
+        self.topics = AlertTopics(mqtt.topic_prefix)
+        client_id = f"{mqtt.client_id or 'twinedge-' + config.gateway.id + '-mqtt'}-alerts"
+        self.sink = MqttSink(mqtt.model_copy(update={"retain": True, "client_id": client_id}),
+                             f"{config.gateway.id}-alerts", config.gateway.data_dir, encoder=self.topics)
+        self.sink.name = "mqtt-alerts"  # its own outbox file, next to the telemetry one
+        self.assets = assets
+        self.dropped = 0
+        self._queue: asyncio.Queue[Reading] = asyncio.Queue(ALERT_QUEUE_MAX)
+        self._task: asyncio.Task[None] | None = None
+
+    def on_alert(self, record: AlertRecord) -> None:
+        info = self.assets.get(record.asset)
+        carrier = self.topics.carrier(record, info.site if info else "", info.area if info else "")
+        try:
+            self._queue.put_nowait(carrier)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def start(self) -> None:
+        await self.sink.start()
+        self._task = asyncio.create_task(self._forward(), name="alerts-mqtt")
+
+    async def _forward(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self.sink.write(batch)
+            except Exception:
+                log.exception("alerts: %d transition(s) not written to the MQTT outbox", len(batch))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await _cancel(self._task)
+            self._task = None
+            # What is still queued goes to the outbox now, so the sink's close can drain it.
+            rest = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+            if rest:
+                with contextlib.suppress(Exception):
+                    await self.sink.write(rest)
+        await self.sink.close()
+
+
+class _Consumers:
+    """What each batch feeds after the Pipeline: kept here, so the Pipeline stays sinks + latest values.
+    Each consumer is isolated: one raising must not starve the others or stop polling."""
+
+    def __init__(self, pipeline: Pipeline, history: RecentHistory, hub: WsHub) -> None:
+        self.pipeline = pipeline
+        self.history = history
+        self.hub = hub
+        self.executor: CommandExecutor | None = None
+        self.edge: EdgeServices | None = None
+
+    async def on_batch(self, readings: list[Reading]) -> None:
+        await self.pipeline.on_batch(readings)
+        for consume in (self.history.add, self.hub.publish_readings,
+                        self.executor.observe if self.executor is not None else None):
+            if consume is not None:
+                try:
+                    consume(readings)
+                except Exception:
+                    log.exception("batch consumer %s failed", getattr(consume, "__qualname__", consume))
+        if self.edge is not None:
+            try:
+                await self.edge.alerts.process(readings)
+            except Exception:
+                log.exception("alerts: evaluating a batch of %d readings failed", len(readings))
+
+
+def _validator(catalogue: Catalogue | None, assets: dict[str, AssetInfo]) -> Callable[[CommandRequest], None]:
+    if catalogue is not None:
+        return catalogue_validator(catalogue)
+
+    def known_asset(request: CommandRequest) -> None:
+        # Hand-listed tags carry no ranges: only the asset is checked; the device judges the value.
+        if request.asset not in assets:
+            raise CommandRejected(f"unknown asset {request.asset!r}")
+
+    return known_asset
+
+
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Construct every part (no I/O beyond reading the catalogue file)."""
     try:
@@ -119,24 +285,63 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         )
     latest = LatestValues()
     pipeline = Pipeline(sinks, latest, filter_)
-    poller = Poller(pipeline.on_batch)
+    hub = WsHub()
+    history = RecentHistory(config.api.history_per_tag)
+    consumers = _Consumers(pipeline, history, hub)
+    poller = Poller(consumers.on_batch)
     sources = []
     for source_config in config.sources:
         source = _build_source(source_config, catalogue)
         poller.add(source, source_config.interval_ms / 1000.0)
         sources.append(source)
-    endpoints = {s.name: (s.protocol, _endpoint(s, catalogue)) for s in config.sources}
+    endpoints = {s.name: (s.protocol, _endpoint(s, catalogue), s.plc) for s in config.sources}
 
     def source_status() -> list[SourceStatus]:
         stats = poller.stats()
         return [
-            SourceStatus(name, protocol, endpoint, stats[name].connected if name in stats else False)
-            for name, (protocol, endpoint) in endpoints.items()
+            SourceStatus(name, protocol, endpoint, stats[name].connected if name in stats else False, plc)
+            for name, (protocol, endpoint, plc) in endpoints.items()
         ]
 
-    state = EdgeState(config.gateway.id, latest, _assets(config, catalogue), source_status)
+    assets = _assets(config, catalogue)
+    state = EdgeState(config.gateway.id, latest, assets, source_status, catalogue, history)
     metrics = GatewayMetrics(CollectorRegistry(), poller, sinks, pipeline)
-    return Gateway(config, catalogue, sinks, sources, pipeline, poller, state, metrics)
+
+    commands = config.commands
+    routes = _command_routes(config, assets, catalogue)
+    # The read-back gives up a little before the queue's own timeout, so FAILED carries its reason.
+    readback_s = max(commands.execute_timeout_s * 0.9, commands.execute_timeout_s - 1.0)
+    executor = CommandExecutor({s.name: s for s in sources}, routes, poller.refresh, catalogue, latest=latest,
+                               rel_tol=commands.readback_rel_tol, timeout_s=readback_s)
+    edge = EdgeServices(
+        Database.from_config(config.storage, data_dir), data_dir=Path(data_dir), auth=config.api.auth,
+        alerts=config.alerts, commands=commands, execute=executor.execute,
+        validate=_validator(catalogue, assets),
+        # One command at a time per PLC: a PLC applies writes at its scan, in order.
+        serial_key=lambda asset: assets[asset].plc if asset in assets else asset,
+    )
+    consumers.executor, consumers.edge = executor, edge
+    ws = config.api.websocket
+    snapshots = MineSnapshots(state, hub, ws.snapshot_period_s, config.api.snapshots_kept)
+    alert_mqtt = AlertMqttPublisher(config, assets) if config.sinks.mqtt.enabled else None
+
+    def alert_to_streams(record: AlertRecord) -> None:
+        hub.publish("alerts", {"type": "alert", "alert": {
+            "id": record.id, "rule": record.rule_id, "asset": record.asset, "tag": record.tag,
+            "severity": record.severity, "state": record.state, "message": record.message,
+            "value": json_value(record.value), "raised_at": format_ts(record.raised_at),
+            "acked_by": record.acked_by, "ack_comment": record.ack_comment}})
+
+    def command_to_stream(record: CommandRecord) -> None:
+        hub.publish("commands", {"type": "command", "command": CommandOut.of(record).model_dump(mode="json")})
+
+    edge.alerts.subscribe(alert_to_streams)
+    edge.alerts.subscribe(snapshots.on_alert)
+    if alert_mqtt is not None:
+        edge.alerts.subscribe(alert_mqtt.on_alert)
+    edge.commands.subscribe(command_to_stream)
+    return Gateway(config, catalogue, sinks, sources, pipeline, poller, state, metrics, edge, hub, executor,
+                   snapshots, alert_mqtt)
 
 
 def describe(gateway: Gateway) -> Sequence[str]:
@@ -157,6 +362,21 @@ def describe(gateway: Gateway) -> Sequence[str]:
     return lines
 
 
+async def _check_stale(gateway: Gateway) -> None:
+    """Evaluate alerts without data every STALE_CHECK_S, so stale-data rules fire when polls stop."""
+    while True:
+        await asyncio.sleep(STALE_CHECK_S)
+        try:
+            await gateway.edge.alerts.process([])
+        except Exception:
+            log.exception("alerts: the stale-data check failed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = True) -> None:
     """Run until ``stop`` is set, then stop in reverse order of start."""
     config = gateway.config
@@ -164,9 +384,24 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
         for sink in gateway.sinks:
             await sink.start()
             stack.push_async_callback(sink.close)
+        if gateway.alert_mqtt is not None:
+            await gateway.alert_mqtt.start()
+            stack.push_async_callback(gateway.alert_mqtt.close)
+        stack.push_async_callback(gateway.edge.close)
+        admin = await gateway.edge.start()
+        if admin is not None and admin.password is not None:
+            # Generated once at first start and stored only as a hash: this is the one chance to see it.
+            print(f"  first admin: user {admin.username!r} password {admin.password!r} "
+                  "(shown once; set TWINEDGE_ADMIN_PASSWORD to choose it)", flush=True)
+        gateway.snapshots.start()
+        stack.push_async_callback(gateway.snapshots.close)
+        stack.push_async_callback(_cancel, asyncio.create_task(_check_stale(gateway), name="alerts-stale"))
         server: uvicorn.Server | None = None
         if config.api.enabled:
-            app = create_app(gateway.state, gateway.metrics.registry)
+            ws = config.api.websocket
+            parts = ApiParts(gateway.edge, gateway.hub, gateway.snapshots, ws.queue_size, ws.machine_period_s,
+                             ws.allow_query_token)
+            app = create_app(gateway.state, gateway.metrics.registry, parts)
             server = _EmbeddedServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
                                                     log_level="warning", lifespan="off"))
             api_task = asyncio.create_task(server.serve())

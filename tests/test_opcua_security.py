@@ -86,6 +86,17 @@ async def setpoint(client: Client) -> tuple[ua.Node, int]:
     return await asset.get_child(f"{ns}:speed_setpoint"), ns
 
 
+READ = ua.AccessLevel.CurrentRead.mask
+WRITE = ua.AccessLevel.CurrentWrite.mask
+
+
+async def user_access(node: ua.Node) -> tuple[int, int]:
+    """(UserAccessLevel, AccessLevel) of a node."""
+    user = await node.read_attribute(ua.AttributeIds.UserAccessLevel)
+    level = await node.read_attribute(ua.AttributeIds.AccessLevel)
+    return int(user.Value.Value), int(level.Value.Value)
+
+
 async def test_certificate_generated_and_secure_endpoints(demo_server: OpcUaExposer, tmp_path: Path) -> None:
     own = tmp_path / "data" / "pki" / PLC_ID / "own"
     assert (own / "certs" / "server_cert.der").is_file()
@@ -115,9 +126,13 @@ async def test_anonymous_reads_but_may_not_write_or_call(demo_server: OpcUaExpos
 async def test_viewer_may_not_write(demo_server: OpcUaExposer, client_cert: ClientCert) -> None:
     client = await secure(make_client(demo_server.endpoint_url, "victor", "view-secret"), client_cert)
     async with client:
-        node, _ = await setpoint(client)
+        node, ns = await setpoint(client)
         with pytest.raises(uaerrors.BadUserAccessDenied):
             await node.write_value(ua.Variant(2.0, ua.VariantType.Float))
+        # What an HMI greys inputs out by: the viewer's own access, not the node's.
+        assert await user_access(node) == (READ, READ | WRITE)
+        stop = await (await node.get_parent()).get_child(f"{ns}:stop")
+        assert (await stop.read_attribute(ua.AttributeIds.UserExecutable)).Value.Value is False
 
 
 async def test_operator_writes_over_an_encrypted_channel(
@@ -125,8 +140,11 @@ async def test_operator_writes_over_an_encrypted_channel(
 ) -> None:
     client = await secure(make_client(demo_server.endpoint_url, "olga", "op-secret"), client_cert)
     async with client:
-        node, _ = await setpoint(client)
+        node, ns = await setpoint(client)
         await node.write_value(ua.Variant(2.0, ua.VariantType.Float))
+        assert await user_access(node) == (READ | WRITE, READ | WRITE)
+        stop = await (await node.get_parent()).get_child(f"{ns}:stop")
+        assert (await stop.read_attribute(ua.AttributeIds.UserExecutable)).Value.Value is True
     # auto_accept (demo mode) stores the accepted client certificate in the trust list
     assert list((tmp_path / "data" / "pki" / PLC_ID / "trusted" / "certs").glob("*.der"))
 

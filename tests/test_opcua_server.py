@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,15 +131,25 @@ class Rig:
         )
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    plc = make_plc()
-    # Anonymous operators: this fixture tests the data path; roles are tested below.
-    opcua = OpcUaServerConfig(port=free_port(), security_policies=("None",), anonymous_role="operator")
+@asynccontextmanager
+async def open_rig(tmp_path: Path, plc: Plc | None = None, **options: Any) -> AsyncIterator[Rig]:
+    """A served PLC (``make_plc()`` unless given) and a connected anonymous client.
+
+    Anonymous sessions are operators: the rig tests the data path; roles are tested in
+    test_opcua_security.py. ``options`` go to OpcUaServerConfig.
+    """
+    plc = plc or make_plc()
+    opcua = OpcUaServerConfig(port=free_port(), security_policies=("None",), anonymous_role="operator", **options)
     exposer = OpcUaExposer(plc, *make_configs(opcua, tmp_path))
     async with exposer, Client(exposer.endpoint_url, timeout=DEADLINE_S) as client:
         ns = await client.get_namespace_index(INSTANCE_NAMESPACE_URI)
         yield Rig(plc, exposer, client, ns)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with open_rig(tmp_path) as opened:
+        yield opened
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:

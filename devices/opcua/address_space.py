@@ -26,9 +26,13 @@ from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from devices.assets.base import AssetModel
 from devices.opcua import values
 from devices.opcua._ua import AttributeIds, ObjectIds, datavalue, nodeid, status
+from devices.opcua.history import History
 from devices.opcua.nodes import NodeBuilder
+from devices.opcua.typemodel import type_browse_name
 from devices.process_image import BAD_WAITING_FOR_INITIAL_DATA
 from devices.tags import CommandSpec, DataType, TagSpec
+
+EVENT_NOTIFIER_SUBSCRIBE = 0x01  # EventNotifier SubscribeToEvents bit (OPC 10000-3 §8.59)
 
 
 @dataclass
@@ -38,6 +42,8 @@ class TagNodes:
     spec: TagSpec
     nodeids: list[ua.NodeId] = field(default_factory=list)
     values: list[AttributeValue] = field(default_factory=list)
+    # Per-instance raw history the publisher appends to (history.py); None when not historized.
+    history: list[History] | None = None
 
 
 @dataclass
@@ -45,6 +51,7 @@ class GroupNodes:
     model: AssetModel
     asset_ids: tuple[str, ...]
     tags: list[TagNodes]
+    asset_nodes: list[ua.NodeId] = field(default_factory=list)  # the asset objects, in asset_ids order
 
 
 @dataclass(frozen=True)
@@ -259,15 +266,22 @@ def build_plant_nodes(
         model = group.model
         published = [spec for spec in model.tags if spec.datatype is not DataType.STRING]
         tag_nodes = [TagNodes(spec) for spec in published]
+        asset_nodes: list[ua.NodeId] = []
+        # The ObjectType from nodesets/ (typemodel.py) if it was imported; asset types outside the
+        # registry (tests, plugins) have none and stay BaseObjectType instances.
+        type_id = nodeid(type_browse_name(model.type_name), types_namespace_index)
+        type_definition = type_id if type_id in aspace else nodeid(values.ObjectType.BASE_OBJECT)
         for asset_id in group.asset_ids:
             asset_path = f"{plc_path}/{asset_id}"
             asset = builder.nodes.add_object(
                 nodeid(asset_path, namespace_index),
                 builder.name(asset_id),
                 plc_node,
-                values.ObjectType.BASE_OBJECT,
+                type_definition,
                 f"{model.type_name} {asset_id}",
+                event_notifier=EVENT_NOTIFIER_SUBSCRIBE,  # alarms.py sends its events from here
             )
+            asset_nodes.append(asset.nodeid)
             builder.identification(asset, asset_path, plc_id, asset_id, model)
             for slot in tag_nodes:
                 node = builder.tag(asset, asset_path, slot.spec, historizing)
@@ -277,7 +291,7 @@ def build_plant_nodes(
             for command in model.commands:
                 method = builder.command(asset, asset_path, command)
                 commands[method.nodeid] = CommandRef(asset_id, asset.nodeid, command)
-        group_nodes.append(GroupNodes(model, group.asset_ids, tag_nodes))
+        group_nodes.append(GroupNodes(model, group.asset_ids, tag_nodes, asset_nodes))
     return PlantNodes(
         namespace_index, types_namespace_index, group_nodes, tags, commands, builder.nodes.count
     )

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from types import TracebackType
+
+from asyncua.common.callback import CallbackType
 
 from devices.config import AreaConfig, PlantSettings, PlcConfig, SiteConfig
 from devices.opcua import INSTANCE_NAMESPACE_URI, TYPES_NAMESPACE_URI, values
 from devices.opcua._ua import Server
 from devices.opcua.address_space import AssetGroupView, PlantNodes, build_plant_nodes
+from devices.opcua.alarms import AlarmMonitor
 from devices.opcua.config import OpcUaServerConfig
+from devices.opcua.history import PlantHistory
 from devices.opcua.methods import CommandMethods
 from devices.opcua.nodesets import import_nodesets
 from devices.opcua.publisher import ValuePublisher
@@ -41,6 +44,8 @@ from devices.plc import Plc
 from devices.process_image import ProcessImage
 
 log = logging.getLogger(__name__)
+
+REFRESH_EVENT_SEVERITY = 1
 
 
 class OpcUaExposer:
@@ -63,6 +68,7 @@ class OpcUaExposer:
         self._server: Server | None = None
         self._nodes: PlantNodes | None = None
         self._publisher: ValuePublisher | None = None
+        self._alarms: AlarmMonitor | None = None
         self._methods: CommandMethods | None = None
         self._writes: PlcAttributeService | None = None
         self._listening = False
@@ -100,6 +106,12 @@ class OpcUaExposer:
         return self._nodes
 
     @property
+    def alarms(self) -> AlarmMonitor:
+        if self._alarms is None:
+            raise RuntimeError("the OPC UA server is not running")
+        return self._alarms
+
+    @property
     def publisher(self) -> ValuePublisher:
         if self._publisher is None:
             raise RuntimeError("the OPC UA server is not running")
@@ -122,8 +134,6 @@ class OpcUaExposer:
         try:
             await self._build(server)
             await server.start()
-            if self._config.history_window_s > 0:
-                await self._historize(server)
         except BaseException:
             await self._teardown(server)
             raise
@@ -149,6 +159,9 @@ class OpcUaExposer:
         config = self._config
         roles = RoleResolver(config)
         server = Server(user_manager=PlantUserManager(config))
+        # Binds ConditionRefresh/ConditionRefresh2 (alarms.py); the int is the Severity of the
+        # RefreshStart/RefreshEnd events that bracket a refresh.
+        server.iserver.bind_condition_methods = REFRESH_EVENT_SEVERITY
         await server.init()
         server.set_endpoint(self.endpoint_url)
         server.socket_address = (self._settings.bind_host, config.port)
@@ -181,28 +194,35 @@ class OpcUaExposer:
             iserver.aspace, self._plc, nodes.tags, {ns, types_ns}, RoleResolver(self._config)
         )
         iserver.attribute_service = self._writes
+        self._writes.set_methods(set(nodes.commands))
+        server.subscribe_server_callback(CallbackType.PostRead, self._writes.user_access_after_read)
         self._methods = CommandMethods(self._plc)
         for nodeid, ref in nodes.commands.items():
             iserver.aspace.add_method_callback(nodeid, self._methods.handler(ref))
-        publisher = ValuePublisher(nodes.groups)
+        history = self._history_storage(server, nodes)
+        alarms = AlarmMonitor(nodes.groups, iserver.subscription_service, ns)
+        publisher = ValuePublisher(nodes.groups, history, alarms)
         if self._plc.image is not None:  # the PLC is already scanning: show its latest image now
             publisher.on_scan(self._plc.image)
         publisher.start()
-        self._nodes, self._publisher = nodes, publisher
+        alarms.start()
+        self._nodes, self._publisher, self._alarms = nodes, publisher, alarms
         if not self._listening:  # Plc has no remove_listener: register once, forward while running
             self._plc.add_listener(self._on_scan)
             self._listening = True
 
-    async def _historize(self, server: Server) -> None:
-        """Analog variables keep ``history_window_s`` of values in asyncua's in-memory history."""
-        assert self._nodes is not None
-        period = timedelta(seconds=self._config.history_window_s)
-        for group in self._nodes.groups:
+    def _history_storage(self, server: Server, nodes: PlantNodes) -> PlantHistory | None:
+        """Analog variables keep ``history_window_s`` of values (history.py: why not asyncua's own
+        historize_node_data_change, and what it costs)."""
+        if self._config.history_window_s <= 0:
+            return None
+        storage = PlantHistory(self._config.history_window_s)
+        server.iserver.history_manager.set_storage(storage)
+        for group in nodes.groups:
             for slot in group.tags:
-                if values.variable_type(slot.spec) is not values.VariableType.ANALOG_ITEM:
-                    continue
-                for nodeid in slot.nodeids:
-                    await server.historize_node_data_change(server.get_node(nodeid), period=period, count=0)
+                if values.variable_type(slot.spec) is values.VariableType.ANALOG_ITEM:
+                    slot.history = storage.track(slot.nodeids)
+        return storage
 
     def _on_scan(self, image: ProcessImage) -> None:
         publisher = self._publisher
@@ -211,9 +231,12 @@ class OpcUaExposer:
 
     async def _teardown(self, server: Server) -> None:
         publisher, self._publisher = self._publisher, None
+        alarms, self._alarms = self._alarms, None
         self._nodes = None
         if publisher is not None:
             await publisher.stop()
+        if alarms is not None:
+            await alarms.stop()
         try:
             await server.stop()
         except Exception:  # a half-started server: nothing left worth reporting to the caller

@@ -44,27 +44,36 @@ class NodeBuilder:
     def __init__(self, aspace: AddressSpace) -> None:
         self._aspace = aspace
         self._type_names: dict[ua.NodeId, tuple[ua.QualifiedName, ua.LocalizedText, ua.NodeClass]] = {}
-        # Constant attribute values (AccessLevel, DataType, the description of a tag on its 1,000th
-        # instance...) share one DataValue: creating Variants dominated the build time. Sharing is
-        # safe because asyncua replaces an attribute's DataValue on write, never mutates it, and the
-        # Write service refuses every write to these nodes' attributes anyway (writes.py).
-        self._shared: dict[_Key, ua.DataValue] = {}
+        # Constant attributes (AccessLevel, DataType, the description of a tag on its 1,000th
+        # instance...) share one AttributeValue across nodes: creating Variants, DataValues and
+        # AttributeValues dominated the build time. Sharing is safe because nothing writes them:
+        # asyncua replaces an attribute's DataValue only on write, the Write service refuses every
+        # write to these nodes' attributes (writes.py), and a monitored item on such an attribute
+        # registers its callback under a server-unique handle, so sharing the callback dict only
+        # means a write that never happens would notify more items.
+        self._shared: dict[_Key, AttributeValue] = {}
         self.count = 0
 
     def _const(self, key: _Key, make: Any) -> AttributeValue:
-        datavalue = self._shared.get(key)
-        if datavalue is None:
-            datavalue = self._shared[key] = ua.DataValue(make())
-        return AttributeValue(datavalue)
+        attribute = self._shared.get(key)
+        if attribute is None:
+            attribute = self._shared[key] = AttributeValue(ua.DataValue(make()))
+        return attribute
 
     def _scalar(self, value: bool | int | float | str | ua.NodeId, vtype: ua.VariantType) -> AttributeValue:
-        return self._const((vtype, type(value), value), lambda: ua.Variant(value, vtype))
+        attribute = self._shared.get((vtype, type(value), value))
+        if attribute is None:  # no lambda on the hot path: this runs ~10 times per node
+            attribute = self._const((vtype, type(value), value), lambda: ua.Variant(value, vtype))
+        return attribute
 
     def _text(self, text: str, locale: str | None = None) -> AttributeValue:
-        return self._const(
-            ("text", text, locale),
-            lambda: ua.Variant(ua.LocalizedText(text, locale), ua.VariantType.LocalizedText),
-        )
+        attribute = self._shared.get(("text", text, locale))
+        if attribute is None:
+            attribute = self._const(
+                ("text", text, locale),
+                lambda: ua.Variant(ua.LocalizedText(text, locale), ua.VariantType.LocalizedText),
+            )
+        return attribute
 
     # --- node classes ----------------------------------------------------------------------------
 
@@ -76,9 +85,10 @@ class NodeBuilder:
         type_definition: int | ua.NodeId,
         description: str = "",
         organizes: bool = False,
+        event_notifier: int = 0,
     ) -> NodeData:
         node = self._base(nodeid, ua.NodeClass.Object, browse_name, description)
-        node.attributes[AttributeIds.EventNotifier] = self._scalar(0, ua.VariantType.Byte)
+        node.attributes[AttributeIds.EventNotifier] = self._scalar(event_notifier, ua.VariantType.Byte)
         self._link(parent, node, _ORGANIZES if organizes else _HAS_COMPONENT, type_definition)
         return node
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from asyncua import ua
@@ -28,8 +28,12 @@ from devices.opcua import values
 from devices.opcua._ua import datavalue as make_datavalue
 from devices.opcua._ua import status as make_status
 from devices.opcua.address_space import GroupNodes, TagNodes
+from devices.opcua.history import PlantHistory
 from devices.process_image import ProcessImage
 from devices.tags import DataType
+
+if TYPE_CHECKING:
+    from devices.opcua.alarms import AlarmMonitor  # alarms.py imports address_space, as we do
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,18 @@ class _TagPlan:
 
 
 class ValuePublisher:
-    """Keeps the variables of one PLC equal to its latest process image."""
+    """Keeps the variables of one PLC equal to its latest process image.
 
-    def __init__(self, groups: list[GroupNodes]) -> None:
+    ``history`` receives every written DataValue of historized variables (``TagNodes.history``);
+    ``alarms`` looks for alarm transitions after each scan. Both run inside the scan, synchronously.
+    """
+
+    def __init__(
+        self, groups: list[GroupNodes], history: PlantHistory | None = None, alarms: AlarmMonitor | None = None
+    ) -> None:
         self._groups = groups
+        self._history = history
+        self._alarms = alarms
         self._plans: list[list[_TagPlan]] = [
             [
                 _TagPlan(
@@ -91,6 +103,9 @@ class ValuePublisher:
         source_ts = image.timestamp if image.timestamp.tzinfo else image.timestamp.replace(tzinfo=UTC)
         server_ts = datetime.now(UTC)
         pending = self._pending
+        history = self._history
+        if history is not None:
+            history.advance(source_ts)
         written = 0
         for group_image, plans in zip(image.groups, self._plans, strict=True):
             for plan in plans:
@@ -109,6 +124,7 @@ class ValuePublisher:
                 plan.last_status = status.copy()
                 slots = plan.slot.values
                 nodeids = plan.slot.nodeids
+                histories = plan.slot.history if history is not None else None
                 for index in changed.tolist():
                     code = int(status[index])
                     if code & _BAD_MASK:
@@ -120,6 +136,8 @@ class ValuePublisher:
                     datavalue = make_datavalue(variant, self._status(code), source_ts, server_ts)
                     attribute = slots[index]
                     attribute.value = datavalue
+                    if histories is not None and history is not None:
+                        history.append(histories[index], datavalue)
                     attribute.value_callback = None
                     if attribute.datachange_callbacks:
                         if nodeids[index] in pending:
@@ -130,6 +148,8 @@ class ValuePublisher:
         self.writes += written
         if pending:
             self._wake.set()
+        if self._alarms is not None:
+            self._alarms.on_scan(image)
 
     def _status(self, code: int) -> ua.StatusCode:
         status = self._status_cache.get(code)

@@ -8,6 +8,11 @@ answered here, every other node is passed to asyncua unchanged.
 A write never changes the variable: an accepted value is queued for the PLC, which applies it at its
 next scan, and the variable shows it once that scan's image is published (ARCHITECTURE.md: "nothing
 publishes an assumed value").
+
+UserAccessLevel / UserExecutable per session user (``user_access_after_read``): asyncua's Read service
+does not see the user, but its PostRead callback does and may replace results, so a viewer reads the
+setpoints' UserAccessLevel without CurrentWrite and the methods' UserExecutable false — what HMIs use to
+grey out inputs. The stored attribute stays the operator's view (nodes.py shares it between nodes).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from asyncua import ua
+from asyncua.common.callback import ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AddressSpace, AttributeService
 
 from devices.opcua import values
-from devices.opcua._ua import AttributeIds, StatusCodes, status
+from devices.opcua._ua import AttributeIds, StatusCodes, datavalue, status
 from devices.opcua.address_space import TagRef
 from devices.opcua.config import Role
 from devices.plc import Plc
@@ -51,6 +57,7 @@ class PlcAttributeService(AttributeService):
         self._tags = tags
         self._own_namespaces = own_namespaces
         self._role_of = role_of
+        self._methods: set[ua.NodeId] = set()
         self.accepted = 0
         self.refused = 0
 
@@ -76,6 +83,38 @@ class PlcAttributeService(AttributeService):
             for (index, _), code in zip(passed, rest, strict=True):
                 results[index] = code
         return [code if code is not None else status(StatusCodes.BadInternalError) for code in results]
+
+    def set_methods(self, methods: set[ua.NodeId]) -> None:
+        self._methods = methods
+
+    async def user_access_after_read(self, event: ServerItemCallback, dispatcher: object) -> None:
+        """PostRead callback: per-user UserAccessLevel of writable tags and UserExecutable of methods."""
+        user = event.user if isinstance(event.user, User) else User()
+        request: ua.ReadParameters = event.request_params
+        results: list[ua.DataValue] = event.response_params
+        operator: bool | None = None  # resolved only when a read asks for a user attribute
+        for index, item in enumerate(request.NodesToRead):
+            attribute = item.AttributeId
+            if attribute == AttributeIds.UserAccessLevel:
+                ref = self._tags.get(item.NodeId)
+                if ref is None or not ref.spec.writable:
+                    continue
+            elif attribute == AttributeIds.UserExecutable:
+                if item.NodeId not in self._methods:
+                    continue
+            else:
+                continue
+            if operator is None:
+                operator = self._role_of(user) is Role.OPERATOR
+            stored = results[index]
+            if operator or stored.Value is None or stored.StatusCode is None or not stored.StatusCode.is_good():
+                continue
+            if attribute == AttributeIds.UserExecutable:
+                variant = ua.Variant(False, ua.VariantType.Boolean)
+            else:
+                level = int(stored.Value.Value) & ~values.ACCESS_WRITE
+                variant = ua.Variant(level, ua.VariantType.Byte)
+            results[index] = datavalue(variant, status(StatusCodes.Good))
 
     def _write_tag(self, item: ua.WriteValue, ref: TagRef, user: User) -> int:
         spec = ref.spec

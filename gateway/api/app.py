@@ -1,27 +1,40 @@
-"""The edge API application: versioned REST under /api/v1, Prometheus metrics, OpenAPI docs."""
+"""The edge API application: versioned REST under /api/v1, WebSocket streams, seed routes, Prometheus
+metrics, OpenAPI docs.
+
+Without ``edge`` (the storage-backed services) the app serves only health, devices and metrics,
+unauthenticated: that is the read-only API of a gateway whose storage is not wired (and of tests).
+With it, every route but health and metrics needs a viewer token, unless anonymous read is on.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
+from gateway.api.edge import EdgeServices
 from gateway.api.problems import install_problem_handlers
+from gateway.api.routes_assets import TagReading, build_assets_router
+from gateway.api.seed_routes import MineSnapshots, build_seed_router
 from gateway.api.state import EdgeState
+from gateway.api.ws import WsHub, build_ws_router
 from gateway.common.status import status_name
-from gateway.readings import TagValue
+
+__all__ = ["ApiParts", "TagReading", "create_app"]
 
 
-class TagReading(BaseModel):
-    value: TagValue | None = Field(examples=[1.48])
-    unit: str | None = Field(description="UNECE Rec. 20 code", examples=["MTS"])
-    quality: str = Field(description="Good, Uncertain or Bad", examples=["Good"])
-    status_code: int = Field(description="OPC UA StatusCode", examples=[0])
-    status: str = Field(description="StatusCode name", examples=["Good"])
-    source_ts: datetime
-    source: str = Field(description="the gateway source that read it", examples=["plc-shop-1-opcua"])
+@dataclass
+class ApiParts:
+    """The storage-backed services and the stream hub the full API needs (built by the runtime)."""
+
+    edge: EdgeServices
+    hub: WsHub
+    snapshots: MineSnapshots
+    queue_size: int = 256
+    machine_period_s: float = 0.1
+    allow_query_token: bool = True
 
 
 class DeviceSummary(BaseModel):
@@ -49,26 +62,29 @@ class Health(BaseModel):
     sources: list[SourceHealth]
 
 
-def create_app(state: EdgeState, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(state: EdgeState, registry: CollectorRegistry | None = None, parts: ApiParts | None = None) -> FastAPI:
     app = FastAPI(
         title="TwinEdge edge API",
         version="1",
         description="Latest values, health and metrics of the TwinEdge gateway. Errors are RFC 9457 problem+json.",
     )
     install_problem_handlers(app)
+    readers = [Depends(parts.edge.auth.require("viewer"))] if parts is not None else []
     api = APIRouter(prefix="/api/v1")
+    devices_api = APIRouter(prefix="/api/v1", dependencies=readers)
 
     @api.get("/health", response_model=Health, summary="Gateway and source health")
     async def health() -> Health:
-        sources = [SourceHealth(**vars(s)) for s in state.sources()]
+        sources = [SourceHealth(name=s.name, protocol=s.protocol, endpoint=s.endpoint, connected=s.connected)
+                   for s in state.sources()]
         status = "ok" if all(s.connected for s in sources) else "degraded"
         return Health(status=status, gateway=state.gateway_id, sources=sources)
 
-    @api.get("/devices", response_model=list[DeviceSummary], summary="Every asset the gateway reads")
+    @devices_api.get("/devices", response_model=list[DeviceSummary], summary="Every asset the gateway reads")
     async def devices() -> list[DeviceSummary]:
         return [DeviceSummary(**vars(info)) for info in sorted(state.assets.values(), key=lambda a: a.id)]
 
-    @api.get(
+    @devices_api.get(
         "/devices/{device_id}",
         response_model=DeviceValues,
         summary="Latest values of one asset",
@@ -89,6 +105,18 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None) -> F
         return DeviceValues(**vars(info), values=values)
 
     app.include_router(api)
+    app.include_router(devices_api)
+    if parts is not None:
+        edge = parts.edge
+        for router in edge.routers(asset_exists=state.assets.__contains__):
+            app.include_router(router)
+        app.include_router(build_assets_router(state, edge.auth))
+        app.include_router(build_ws_router(parts.hub, edge.auth, queue_size=parts.queue_size,
+                                           allow_query_token=parts.allow_query_token,
+                                           asset_exists=state.assets.__contains__))
+        app.include_router(build_seed_router(state, parts.hub, edge.auth, edge.commands, parts.snapshots,
+                                             queue_size=parts.queue_size, machine_period_s=parts.machine_period_s,
+                                             allow_query_token=parts.allow_query_token))
 
     if registry is not None:
         @app.get("/metrics", include_in_schema=False)

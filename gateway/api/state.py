@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+from gateway.catalogue import Catalogue, CatalogueAsset
 from gateway.latest import LatestValues
+from gateway.readings import Reading, TagValue
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,79 @@ class SourceStatus:
     protocol: str
     endpoint: str
     connected: bool
+    plc: str | None = None  # the catalogue PLC it reads, None for hand-listed tags
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    ts: datetime  # source timestamp
+    value: TagValue | None
+    quality: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    value: float | TagValue | None  # the mean of numbers, else the last value
+    count: int
+
+
+class RecentHistory:
+    """The local store behind the history route: the last ``per_tag`` samples of every tag, in memory.
+
+    Bounded per tag (habit 5), so memory is tags x per_tag whatever the poll rate; what falls out of
+    the ring is in InfluxDB when that sink is on. Only Good samples with a value are kept: history of
+    "no value" is the quality, which the latest-values route reports.
+    """
+
+    def __init__(self, per_tag: int = 3600) -> None:
+        self.per_tag = per_tag
+        self._rings: dict[tuple[str, str], deque[Sample]] = {}
+
+    def add(self, readings: Iterable[Reading]) -> None:
+        for r in readings:
+            if r.value is None:
+                continue
+            ring = self._rings.get((r.asset, r.tag))
+            if ring is None:
+                ring = self._rings[(r.asset, r.tag)] = deque(maxlen=self.per_tag)
+            # Two sources may read the same PLC: keep one sample per source timestamp.
+            if ring and ring[-1].ts >= r.source_ts:
+                continue
+            ring.append(Sample(r.source_ts, r.value, r.quality))
+
+    def tags(self, asset: str) -> list[str]:
+        return sorted(tag for (a, tag) in self._rings if a == asset)
+
+    def query(self, asset: str, tag: str, start: datetime | None = None, end: datetime | None = None) -> list[Sample]:
+        ring = self._rings.get((asset, tag), deque())
+        return [s for s in ring if (start is None or s.ts >= start) and (end is None or s.ts <= end)]
+
+    @staticmethod
+    def aggregate(samples: list[Sample], step: timedelta) -> list[Bucket]:
+        """Buckets of ``step`` aligned on the first sample: mean of numbers, else the last value."""
+        if not samples:
+            return []
+        origin, buckets = samples[0].ts, []
+        current: list[Sample] = []
+        bucket_start = origin
+        for sample in samples:
+            while sample.ts >= bucket_start + step:
+                if current:
+                    buckets.append(_bucket(bucket_start, current))
+                    current = []
+                bucket_start += step * max(1, int((sample.ts - bucket_start) / step))
+            current.append(sample)
+        buckets.append(_bucket(bucket_start, current))
+        return buckets
+
+
+def _bucket(start: datetime, samples: list[Sample]) -> Bucket:
+    numbers = [float(s.value) for s in samples
+               if isinstance(s.value, int | float) and not isinstance(s.value, bool)]
+    if len(numbers) == len(samples):
+        return Bucket(start, sum(numbers) / len(numbers), len(samples))
+    return Bucket(start, samples[-1].value, len(samples))
 
 
 @dataclass
@@ -31,3 +108,31 @@ class EdgeState:
     latest: LatestValues
     assets: dict[str, AssetInfo] = field(default_factory=dict)
     sources: Callable[[], list[SourceStatus]] = list
+    catalogue: Catalogue | None = None
+    history: RecentHistory = field(default_factory=RecentHistory)
+
+    def catalogue_asset(self, asset_id: str) -> CatalogueAsset | None:
+        if self.catalogue is None:
+            return None
+        for plc in self.catalogue.plcs:
+            for asset in plc.assets:
+                if asset.id == asset_id:
+                    return asset
+        return None
+
+    def assets_of_type(self, type_name: str) -> list[AssetInfo]:
+        return sorted((a for a in self.assets.values() if a.type == type_name), key=lambda a: a.id)
+
+    def values(self, asset_id: str) -> dict[str, TagValue | None]:
+        """Latest values of an asset by tag; enums as the catalogue's strings (what dashboards show)."""
+        readings = self.latest.asset(asset_id) or {}
+        spec = self.catalogue_asset(asset_id)
+        enums = {t.key: t.enum_strings for t in spec.tags if t.enum_strings} if spec is not None else {}
+        out: dict[str, TagValue | None] = {}
+        for tag, reading in readings.items():
+            value = reading.value
+            names = enums.get(tag)
+            if names and isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < len(names):
+                value = names[int(value)]
+            out[tag] = value
+        return out

@@ -123,10 +123,22 @@ class OpcUaSourceConfig(_SourceCommon):
     timeout_s: float = Field(default=4.0, gt=0, le=60)  # asyncua request timeout, conventions §5.2
     endpoint: str | None = Field(default=None, pattern=r"^opc\.tcp://")  # with plc: overrides
     namespace_uri: str | None = None  # default namespace of hand-listed browse paths
-    # Subscriptions (the product goal: one batched subscription per source) are not implemented
-    # yet; the literal keeps configs explicit so "subscribe" can be added without a format change.
-    mode: Literal["poll"] = "poll"
+    # subscribe (default): monitored items report changes (ThingsBoard measured 3x less CPU than
+    # polling, issue 6); poll: batched Reads every interval_ms, for servers with poor subscriptions.
+    mode: Literal["subscribe", "poll"] = "subscribe"
     max_nodes_per_request: int = Field(default=1000, ge=1, le=100_000)
+    # Subscription settings (mode: subscribe). None: interval_ms.
+    sampling_interval_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    publishing_interval_ms: int | None = Field(default=None, ge=10, le=86_400_000)
+    # Items per CreateMonitoredItems call (capped further by the server's MaxMonitoredItemsPerCall)
+    # and per subscription: a few large subscriptions, each within what servers accept.
+    max_items_per_call: int = Field(default=1000, ge=1, le=100_000)
+    max_items_per_subscription: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The server sends a keep-alive after this long without data; a subscription silent for three
+    # keep-alives (its lifetime, Part 4 §5.13.2: lifetime >= 3 x keep-alive) is stale: reconnect.
+    keepalive_s: float = Field(default=5.0, gt=0, le=3600)
+    # Readings received between two read() calls; when full the oldest are dropped and counted.
+    queue_max: int = Field(default=100_000, ge=1, le=10_000_000)
     security: OpcUaSecurity = OpcUaSecurity()
     username: str | None = None
     password: SecretStr | None = None

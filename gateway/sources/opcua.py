@@ -1,4 +1,4 @@
-"""OPC UA source: nodes resolved by browse path at every connect, values read in batches.
+"""OPC UA source: nodes resolved by browse path at every connect; subscriptions or batched reads.
 
 The most common complaint about other gateways is an OPC UA client that never recovers after the
 server restarts (anchors §3 #1: Telegraf #14066/#15693, fixed by "register node IDs again on
@@ -6,6 +6,10 @@ reconnect"). A restarted server may renumber its namespaces and hand out new Nod
 never keeps a NodeId across connections: on every connect it looks the namespace index up by URI
 and translates all browse paths in one TranslateBrowsePathsToNodeIds call per batch. asyncua's own
 auto-reconnect is off: it would re-use the old NodeIds; the shared SourceBase backoff drives it.
+
+``mode: subscribe`` (the default) monitors every resolved node (see opcua_subscription.py) and
+``read()`` returns the notifications received since the previous call; ``mode: poll`` reads every
+node at each call. In both modes a source that is down yields BadNoCommunication for every tag.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from gateway.common.status import BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD
 from gateway.readings import Reading, TagValue
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
 from gateway.sources.config import OpcUaSourceConfig
+from gateway.sources.opcua_subscription import FeedSettings, SubscriptionFeed, bad_value
 
 if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
     from gateway.catalogue import Catalogue
@@ -111,6 +116,18 @@ class OpcUaSource(SourceBase):
         self._resolved_at = 0.0
         self._lock = asyncio.Lock()
         self._cleanup: set[asyncio.Task[None]] = set()  # detached disconnects, awaited by close()
+        self._feed: SubscriptionFeed | None = None  # mode subscribe: the current connection's items
+        self._read_back: set[int] = set()  # written points read directly at the next read()
+        self._dropped_before = 0  # notifications dropped by feeds of earlier connections
+
+    @property
+    def subscribed(self) -> bool:
+        return self.config.mode == "subscribe"
+
+    @property
+    def dropped(self) -> int:
+        """Notifications dropped because reads fell behind (mode subscribe), over all connections."""
+        return self._dropped_before + (self._feed.dropped if self._feed is not None else 0)
 
     async def connect(self) -> None:
         async with self._lock:
@@ -147,11 +164,43 @@ class OpcUaSource(SourceBase):
         self._nodes = [None] * len(self.points)
         try:
             await self._resolve()
+            if self.subscribed:
+                await self._subscribe(client)
         except _CONNECTION_ERRORS as exc:
-            self._lost(f"resolving nodes: {exc or type(exc).__name__}")
+            self._lost(f"resolving nodes or subscribing: {exc or type(exc).__name__}")
             return False
         self._set_available(True, self.endpoint)
         return True
+
+    def _feed_settings(self) -> FeedSettings:
+        c = self.config
+        return FeedSettings(
+            publishing_ms=float(c.publishing_interval_ms or c.interval_ms),
+            sampling_ms=float(c.interval_ms if c.sampling_interval_ms is None else c.sampling_interval_ms),
+            keepalive_s=c.keepalive_s,
+            max_items_per_call=c.max_items_per_call,
+            max_items_per_subscription=c.max_items_per_subscription,
+            queue_max=c.queue_max,
+            timeout_s=c.timeout_s,
+        )
+
+    async def _subscribe(self, client: Client) -> None:
+        """A fresh feed for this connection: monitored items for every resolved node, then wait
+        (bounded) for their initial values so the first read is a complete image."""
+        feed = SubscriptionFeed(self.name, self._feed_settings())
+        self._feed = feed
+        # Nodes still unresolved are reported bad once per connection, as a refusal would be.
+        for i, node in enumerate(self._nodes):
+            if node is None:
+                feed.put(i, bad_value(BAD_NODE_ID_UNKNOWN))
+        await self._monitor(client, feed, [(i, n) for i, n in enumerate(self._nodes) if n is not None])
+        if not await feed.wait_initial(self.config.timeout_s):
+            log.warning("source %s: not every monitored item sent its initial value within %.1fs",
+                        self.name, self.config.timeout_s)
+
+    async def _monitor(self, client: Client, feed: SubscriptionFeed, items: list[tuple[int, ua.NodeId]]) -> None:
+        for index in await feed.add(client, items):
+            self._nodes[index] = None  # gone since the browse: look its path up again later
 
     async def _resolve(self) -> None:
         """Fill in the NodeIds still unknown: namespace indexes by URI, paths in batched calls."""
@@ -204,6 +253,7 @@ class OpcUaSource(SourceBase):
 
     def _lost(self, reason: str) -> None:
         client, self._client = self._client, None
+        self._drop_feed()
         if client is not None:
             # Detached so that a dead server cannot delay the poll that noticed it.
             task = asyncio.get_running_loop().create_task(self._quiet_disconnect(client))
@@ -216,12 +266,20 @@ class OpcUaSource(SourceBase):
         async with self._lock:
             return await self._read_locked()
 
+    def _drop_feed(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.detach()
+            self._dropped_before += feed.dropped
+
     async def _read_locked(self) -> list[Reading]:
         refs = [p.ref for p in self.points]
         down = self._client is None
         if down and (self._closed or not self._backoff.ready() or not await self._connect_locked()):
             return self.bad_readings(refs, BAD_NO_COMMUNICATION)
         assert self._client is not None
+        if self.subscribed:
+            return await self._read_subscribed(self._client)
         try:
             if None in self._nodes and time.monotonic() - self._resolved_at >= _RESOLVE_RETRY_S:
                 await self._resolve()
@@ -234,19 +292,65 @@ class OpcUaSource(SourceBase):
             return self.bad_readings(refs, BAD_NO_COMMUNICATION)
         now = utcnow()
         readings = []
-        for i, (point, dv) in enumerate(zip(self.points, values, strict=True)):
+        for i, dv in enumerate(values):
             if dv is None:
-                readings.append(self.reading(point.ref, None, BAD_NODE_ID_UNKNOWN, now, now))
-                continue
-            quality = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
-            if quality == BAD_NODE_ID_UNKNOWN:
-                self._nodes[i] = None  # renumbered under us: look the path up again next poll
-            value = _plain(dv.Value.Value) if dv.Value is not None else None
-            source_ts: datetime = dv.SourceTimestamp or dv.ServerTimestamp or now
-            if source_ts.tzinfo is None:
-                source_ts = source_ts.replace(tzinfo=now.tzinfo)
-            readings.append(self.reading(point.ref, value, quality, source_ts, now))
+                readings.append(self.reading(self.points[i].ref, None, BAD_NODE_ID_UNKNOWN, now, now))
+            else:
+                readings.append(self._to_reading(i, dv, now))
         return readings
+
+    def _to_reading(self, index: int, dv: ua.DataValue, now: datetime) -> Reading:
+        quality = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
+        if quality == BAD_NODE_ID_UNKNOWN:
+            self._nodes[index] = None  # renumbered under us: look the path up again
+        value = _plain(dv.Value.Value) if dv.Value is not None else None
+        source_ts: datetime = dv.SourceTimestamp or dv.ServerTimestamp or now
+        if source_ts.tzinfo is None:
+            source_ts = source_ts.replace(tzinfo=now.tzinfo)
+        return self.reading(self.points[index].ref, value, quality, source_ts, now)
+
+    async def _read_subscribed(self, client: Client) -> list[Reading]:
+        feed = self._feed
+        assert feed is not None
+        problem = feed.problem(client)
+        if problem is not None:
+            # What arrived before the loss is real data: hand it on, then the outage.
+            readings = self._convert(feed.drain())
+            self._lost(problem)
+            return readings + self.bad_readings([p.ref for p in self.points], BAD_NO_COMMUNICATION)
+        try:
+            if None in self._nodes and time.monotonic() - self._resolved_at >= _RESOLVE_RETRY_S:
+                before = {i for i, n in enumerate(self._nodes) if n is None}
+                await self._resolve()
+                found = [(i, n) for i, n in enumerate(self._nodes) if i in before and n is not None]
+                if found:
+                    await self._monitor(client, feed, found)
+            read_back = await self._read_back_values()
+        except TimeoutError:
+            readings = self._convert(feed.drain())
+            self._lost("request timed out")
+            return readings + self.bad_readings([p.ref for p in self.points], BAD_TIMEOUT)
+        except _CONNECTION_ERRORS as exc:
+            readings = self._convert(feed.drain())
+            self._lost(str(exc) or type(exc).__name__)
+            return readings + self.bad_readings([p.ref for p in self.points], BAD_NO_COMMUNICATION)
+        return self._convert(feed.drain() + read_back)
+
+    def _convert(self, items: list[tuple[int, ua.DataValue]]) -> list[Reading]:
+        now = utcnow()
+        return [self._to_reading(i, dv, now) for i, dv in items]
+
+    async def _read_back_values(self) -> list[tuple[int, ua.DataValue]]:
+        """Current values of the points written since the last read. A command completes on its
+        read-back, and a write of the value already there produces no data change at all."""
+        if not self._read_back:
+            return []
+        indexes, self._read_back = sorted(self._read_back), set()
+        assert self._client is not None
+        known = [(i, n) for i in indexes if (n := self._nodes[i]) is not None]
+        nodes = [self._client.get_node(n) for _, n in known]
+        results = await asyncio.wait_for(self._client.read_attributes(nodes), self.config.timeout_s)
+        return [(i, dv) for (i, _), dv in zip(known, results, strict=True)]
 
     async def _read_values(self) -> list[ua.DataValue | None]:
         assert self._client is not None
@@ -285,6 +389,8 @@ class OpcUaSource(SourceBase):
                 variant_type = await node.read_data_type_as_variant_type()
                 dv = ua.DataValue(ua.Variant(_coerce(value, variant_type), variant_type))
                 await node.write_attribute(AttributeIds.Value, dv)
+                if self.subscribed:
+                    self._read_back.add(self._by_tag[(asset, tag)])
             except UaStatusCodeError as exc:
                 raise SourceError(f"source {self.name}: {asset}/{tag}: {exc}") from None
             except _CONNECTION_ERRORS as exc:
@@ -314,6 +420,7 @@ class OpcUaSource(SourceBase):
 
     async def close(self) -> None:
         self._closed = True
+        self._drop_feed()
         client, self._client = self._client, None
         if client is not None:
             await self._quiet_disconnect(client)

@@ -1,0 +1,272 @@
+"""WebSocket streams: readings, alerts, command states and fixed-period snapshots, fanned out by a WsHub.
+
+Fan-out (issue 7, "a slow client never slows the pipeline or other clients"): publishing only puts a
+message into each client's bounded queue and returns; every client has its own sender task. When a
+queue is full the oldest message goes, the loss is counted, and before its next message the client
+gets ``{"type": "dropped", "count": n}``, so a dashboard knows it missed something.
+
+Authentication happens at the handshake. Browsers cannot set an Authorization header on a
+WebSocket, so the token travels as a subprotocol, ``Sec-WebSocket-Protocol: bearer, <jwt>`` (the
+server answers ``bearer``), or as a ``?token=`` query parameter. The query form is a fallback with a
+risk: URLs land in proxy and access logs, so tokens there must be short-lived (they are, 15 min by
+default) and ``api.websocket.allow_query_token: false`` turns it off. Without a valid token, and
+unless anonymous read is on, the socket is accepted and closed at once with 1008 (policy violation),
+which a client can tell apart from a network failure, unlike an HTTP 403 on the upgrade.
+
+Fixed-period streams schedule on absolute deadlines of ``loop.time()`` (n x period from the start),
+so sleep jitter never accumulates into drift; a missed deadline is skipped, not caught up in a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from gateway.api.auth import Authenticator, Principal
+from gateway.common.status import status_name
+from gateway.encoders.uns_json import format_ts, json_value
+from gateway.readings import Reading
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+MAX_FILTER_ITEMS = 1000
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+def reading_json(r: Reading) -> dict[str, Any]:
+    return {"device": r.device, "asset": r.asset, "tag": r.tag, "value": json_value(r.value),
+            "quality": r.quality_name, "status": status_name(r.quality), "unit": r.unit,
+            "source_ts": format_ts(r.source_ts)}
+
+
+async def every(period_s: float) -> AsyncIterator[float]:
+    """Yield at start + n x period (loop time), without drift; skip deadlines already missed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time()
+    while True:
+        yield deadline
+        deadline += period_s
+        late = loop.time() - deadline
+        if late > 0:  # a stalled loop: drop the missed ticks rather than send a burst
+            deadline += math.ceil(late / period_s) * period_s
+        await asyncio.sleep(deadline - loop.time())
+
+
+@dataclass
+class ReadingFilter:
+    """Which readings a /ws/stream client wants, and how often per tag."""
+
+    assets: frozenset[str] = frozenset()  # empty: all
+    tags: frozenset[str] = frozenset()
+    min_interval_s: float = 0.0
+    _last: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def select(self, readings: Sequence[Reading], now: float) -> list[Reading]:
+        out = []
+        for r in readings:
+            if (self.assets and r.asset not in self.assets) or (self.tags and r.tag not in self.tags):
+                continue
+            if self.min_interval_s > 0:
+                key = (r.asset, r.tag)
+                last = self._last.get(key)
+                if last is not None and now - last < self.min_interval_s:
+                    continue
+                self._last[key] = now
+            out.append(r)
+        return out
+
+
+class WsClient:
+    """One connected socket: a bounded queue of serialised messages and the task that sends them."""
+
+    def __init__(self, ws: WebSocket, queue_size: int, principal: Principal,
+                 readings: ReadingFilter | None = None) -> None:
+        self.ws = ws
+        self.principal = principal
+        self.readings = readings
+        self.queue: deque[str] = deque()
+        self.queue_size = queue_size
+        self.dropped = 0  # total, for metrics and tests
+        self.sent = 0
+        self._unreported = 0  # drops the client has not been told about yet
+        self._wake = asyncio.Event()
+
+    def offer(self, text: str) -> None:
+        """Never blocks: a full queue loses its oldest message."""
+        if len(self.queue) >= self.queue_size:
+            self.queue.popleft()
+            self.dropped += 1
+            self._unreported += 1
+        self.queue.append(text)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queue:
+                if self._unreported:
+                    count, self._unreported = self._unreported, 0
+                    await self.ws.send_text(dumps({"type": "dropped", "count": count}))
+                await self.ws.send_text(self.queue.popleft())
+                self.sent += 1
+
+
+class WsHub:
+    """Topics ("readings", "alerts", "commands", "mine", ...) to their clients. Publishing is synchronous
+    and cheap, so the pipeline and the services' listeners can call it directly."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, set[WsClient]] = {}
+        self._loop_time: Callable[[], float] | None = None
+
+    def clients(self, topic: str) -> int:
+        return len(self._topics.get(topic, ()))
+
+    def add(self, topic: str, client: WsClient) -> Callable[[], None]:
+        self._topics.setdefault(topic, set()).add(client)
+        return lambda: self._topics.get(topic, set()).discard(client)
+
+    def publish(self, topic: str, message: dict[str, Any]) -> None:
+        clients = self._topics.get(topic)
+        if clients:
+            text = dumps(message)  # serialised once for every client
+            for client in list(clients):
+                client.offer(text)
+
+    def publish_readings(self, readings: Sequence[Reading]) -> None:
+        clients = self._topics.get("readings")
+        if not clients or not readings:
+            return
+        now = asyncio.get_running_loop().time()
+        for client in list(clients):
+            assert client.readings is not None
+            selected = client.readings.select(readings, now)
+            if selected:
+                client.offer(dumps({"type": "readings", "readings": [reading_json(r) for r in selected]}))
+
+
+async def accept(ws: WebSocket, auth: Authenticator, allow_query_token: bool) -> Principal | None:
+    """Authenticate at the handshake; on failure accept and close with 1008, returning None."""
+    offered = [p.strip() for p in ws.scope.get("subprotocols") or []]
+    token: str | None = None
+    subprotocol: str | None = None
+    if len(offered) >= 2 and offered[0].lower() == "bearer":
+        token, subprotocol = offered[1], offered[0]
+    elif allow_query_token:
+        token = ws.query_params.get("token")
+    try:
+        principal = auth.principal_of(token)
+    except HTTPException as exc:
+        await ws.accept(subprotocol=subprotocol)
+        await ws.close(code=POLICY_VIOLATION, reason=str(exc.detail)[:120])
+        return None
+    await ws.accept(subprotocol=subprotocol)
+    return principal
+
+
+async def serve_client(ws: WebSocket, client: WsClient, registrations: Iterable[Callable[[], None]] = (),
+                       producers: Iterable[asyncio.Task[None]] = ()) -> None:
+    """Run the client's sender until the peer leaves or sending fails; then undo its registrations."""
+    sender = asyncio.create_task(client.run())
+    receiver = asyncio.create_task(_until_disconnect(ws))
+    tasks = [sender, receiver, *producers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for unregister in registrations:
+            unregister()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+
+async def _until_disconnect(ws: WebSocket) -> None:
+    # Clients only listen; anything they send is ignored. Reading is how a disconnect is noticed.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+
+def periodic(client: WsClient, period_s: float, build: Callable[[], dict[str, Any] | None]) -> asyncio.Task[None]:
+    """A per-client producer: ``build()`` every period on absolute deadlines (None sends nothing)."""
+
+    async def produce() -> None:
+        async for _ in every(period_s):
+            message = build()
+            if message is not None:
+                client.offer(dumps(message))
+
+    return asyncio.create_task(produce())
+
+
+def _csv(value: str | None, what: str) -> frozenset[str]:
+    items = frozenset(v.strip() for v in (value or "").split(",") if v.strip())
+    if len(items) > MAX_FILTER_ITEMS:
+        raise ValueError(f"at most {MAX_FILTER_ITEMS} {what}")
+    return items
+
+
+def build_ws_router(
+    hub: WsHub, auth: Authenticator, *, queue_size: int = 256, allow_query_token: bool = True,
+    asset_exists: Callable[[str], bool] | None = None,
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/ws/stream")
+    async def stream(ws: WebSocket) -> None:
+        """Readings as the pipeline carries them: ``?assets=a,b&tags=x,y&min_interval_ms=N``."""
+        principal = await accept(ws, auth, allow_query_token)
+        if principal is None:
+            return
+        params = ws.query_params
+        try:
+            assets = _csv(params.get("assets"), "assets")
+            tags = _csv(params.get("tags"), "tags")
+            interval_ms = float(params.get("min_interval_ms") or 0)
+            if not 0 <= interval_ms <= 3_600_000:
+                raise ValueError("min_interval_ms must be 0..3600000")
+            unknown = sorted(a for a in assets if asset_exists is not None and not asset_exists(a))
+            if unknown:
+                raise ValueError(f"unknown asset(s): {', '.join(unknown)}")
+        except ValueError as exc:
+            # 1008 again: the request is refused by policy; the reason says what to fix.
+            await ws.close(code=POLICY_VIOLATION, reason=str(exc)[:120])
+            return
+        client = WsClient(ws, queue_size, principal, ReadingFilter(assets, tags, interval_ms / 1000.0))
+        await serve_client(ws, client, [hub.add("readings", client)])
+
+    def topic_route(path: str, topic: str) -> None:
+        @router.websocket(path)
+        async def topic_stream(ws: WebSocket) -> None:
+            principal = await accept(ws, auth, allow_query_token)
+            if principal is None:
+                return
+            client = WsClient(ws, queue_size, principal)
+            await serve_client(ws, client, [hub.add(topic, client)])
+
+        topic_stream.__name__ = f"ws_{topic}"
+
+    topic_route("/ws/alerts", "alerts")  # every alert transition: raised, acknowledged, cleared
+    topic_route("/ws/commands", "commands")  # every command state change
+    topic_route("/ws/mine", "mine")  # the mine snapshot at a fixed period (api.websocket.snapshot_period_s)
+    return router
