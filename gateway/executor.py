@@ -65,7 +65,8 @@ class CommandExecutor:
 
     def __init__(
         self, sources: Mapping[str, Source], routes: Mapping[str, str], refresh: Callable[[str], None],
-        catalogue: Catalogue | None = None, *, latest: LatestValues | None = None, rel_tol: float = FLOAT32_REL_TOL, timeout_s: float = 9.0,
+        catalogue: Catalogue | None = None, *, latest: LatestValues | None = None,
+        rel_tol: float = FLOAT32_REL_TOL, timeout_s: float = 9.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``routes``: asset id -> source name (built by the runtime from catalogue and config).

@@ -39,7 +39,8 @@ CATALOGUE: dict[str, Any] = {
         {"id": "plc-shop", "site": "factory", "area": "shop",
          "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840", "namespace_uri": "urn:test"}, "assets": [
              {"id": "conveyor-01", "type": "conveyor",
-              "tags": [_tag("speed_setpoint", unit="MTS", eu_range=[0, 3], access="rw"), _tag("belt_speed", unit="MTS")],
+              "tags": [_tag("speed_setpoint", unit="MTS", eu_range=[0, 3], access="rw"),
+                       _tag("belt_speed", unit="MTS")],
               "commands": [{"name": "stop"}]},
              {"id": "lathe-01", "type": "lathe",
               "tags": [_tag("state", "enum", enum_strings=["Idle", "Running", "Tool broken"]), _tag("rpm"),
@@ -164,7 +165,8 @@ async def test_plcs_and_assets(api: Api) -> None:
     plcs = (await api.client.get("/api/v1/plcs", headers=api.auth("viewer"))).json()
     shop = next(p for p in plcs if p["id"] == "plc-shop")
     assert shop["endpoints"] == {"opcua": "opc.tcp://127.0.0.1:4840"}
-    assert shop["connected"] is True and shop["sources"][0]["name"] == "plc-shop"
+    assert shop["connected"] is True
+    assert shop["sources"][0]["name"] == "plc-shop"
     assert next(p for p in plcs if p["id"] == "plc-mine")["connected"] is False
     assets = (await api.client.get("/api/v1/assets?type=lathe", headers=api.auth("viewer"))).json()
     assert [a["id"] for a in assets] == ["lathe-01"]
@@ -185,7 +187,8 @@ async def test_history(api: Api) -> None:
     get = api.client.get
     h = api.auth("viewer")
     raw = (await get("/api/v1/assets/conveyor-01/history?tag=belt_speed", headers=h)).json()
-    assert raw["store"] == "local" and len(raw["points"]) == 5
+    assert raw["store"] == "local"
+    assert len(raw["points"]) == 5
     window = (await get("/api/v1/assets/conveyor-01/history", headers=h, params={
         "tag": "belt_speed", "start": "2026-01-01T06:00:01Z", "end": "2026-01-01T06:00:03Z"})).json()
     assert len(window["points"]) == 3
@@ -203,7 +206,8 @@ async def test_history(api: Api) -> None:
 async def test_views_of_mine_lathes_warehouse(api: Api) -> None:
     h = api.auth("viewer")
     kpis = (await api.client.get("/api/v1/mine/kpis", headers=h)).json()
-    assert kpis[0]["asset"] == "mine" and kpis[0]["truck_utilisation"] == pytest.approx(82.0 * 1.04)
+    assert kpis[0]["asset"] == "mine"
+    assert kpis[0]["truck_utilisation"] == pytest.approx(82.0 * 1.04)
     jobs = (await api.client.get("/api/v1/lathes/jobs", headers=h)).json()
     assert (jobs[0]["asset"], jobs[0]["state"], jobs[0]["material"], jobs[0]["job_id"]) == (
         "lathe-01", "Running", "Aluminium", 7)
@@ -219,11 +223,13 @@ async def test_seed_reads(api: Api) -> None:
     assert (lathe["state"], lathe["online"]) == ("Running", True)
     assert next(m for m in machines if m["id"] == "truck-01")["online"] is False
     data = (await api.client.get("/machines/lathe-01/data", headers=h)).json()
-    assert data["data"]["rpm"] == pytest.approx(900 * 1.04) and data["timestamp"].startswith("2026-01-01T06:00:04")
+    assert data["data"]["rpm"] == pytest.approx(900 * 1.04)
+    assert data["timestamp"].startswith("2026-01-01T06:00:04")
     assert (await api.client.get("/machines/nope/data", headers=h)).status_code == 404
     assert (await api.client.get("/api/sensor-data/conveyor-01", headers=h)).status_code == 404
     status = (await api.client.get("/api/status", headers=h)).json()
-    assert status["status"] == "degraded" and status["sources"] == {"total": 2, "connected": 1}
+    assert status["status"] == "degraded"
+    assert status["sources"] == {"total": 2, "connected": 1}
     current = (await api.client.get("/api/current-data", headers=h)).json()
     assert [t["id"] for t in current["trucks"]] == ["truck-01"]
     assert current["trucks"][0]["state"] == "Broken down"
@@ -232,10 +238,12 @@ async def test_seed_reads(api: Api) -> None:
     actions = {(r["asset"], r["action"]) for r in current["recommendations"]}
     assert actions == {("truck-01", "repair"), ("crusher-01", "reline"), ("stockpile-01", "start_reclaim")}
     streaming = (await api.client.get("/api/streaming-status", headers=h)).json()
-    assert streaming["streaming"] is False and streaming["snapshots_kept"] == 0
+    assert streaming["streaming"] is False
+    assert streaming["snapshots_kept"] == 0
     api.snapshots.ring.append(api.snapshots.build())
     history = (await api.client.get("/api/historical-data?limit=5", headers=h)).json()
-    assert history["count"] == 1 and "kpis" in history["snapshots"][0]
+    assert history["count"] == 1
+    assert "kpis" in history["snapshots"][0]
 
 
 async def test_process_order_picks_a_raw_slot(api: Api) -> None:
@@ -256,7 +264,8 @@ async def test_process_order_picks_a_raw_slot(api: Api) -> None:
     api.state.latest.update([Reading(raw.device, "hbw", "slot_3", 2, 0, raw.source_ts, raw.gateway_ts)])
     before = [c.id for c in await api.services.commands.list_commands()]
     none_left = await api.client.post("/order/process", json={}, headers=api.auth("operator"))
-    assert none_left.status_code == 409 and "no raw workpiece" in none_left.json()["detail"]
+    assert none_left.status_code == 409
+    assert "no raw workpiece" in none_left.json()["detail"]
     assert [c.id for c in await api.services.commands.list_commands()] == before
 
 

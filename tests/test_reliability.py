@@ -80,7 +80,11 @@ async def scanning(plant: Plant) -> AsyncIterator[None]:
 
 
 def plant_config(tmp_path: Path) -> PlantConfig:
-    return small_plant_config(tmp_path / "plant", assets=[{"type": "conveyor", "id": "conveyor", "count": 4}])
+    config = small_plant_config(tmp_path / "plant", assets=[{"type": "conveyor", "id": "conveyor", "count": 4}])
+    # Plant time starts now: VictoriaMetrics silently drops samples older than its retention (one
+    # month by default), and the fixture's fixed start date would make every OPC UA point "old".
+    plant = config.plant.model_copy(update={"start_time": datetime.now(UTC).replace(microsecond=0)})
+    return config.model_copy(update={"plant": plant})
 
 
 def gateway_doc(tmp_path: Path, mqtt_url: str, influx_url: str | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ auth, filters and down-sampling, alert and command streams, slow clients, and dr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 from collections.abc import AsyncIterator
@@ -55,8 +56,8 @@ def bearer(served: Served, role: str) -> list[Any]:
     return ["bearer", served.api.tokens[role]]
 
 
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+async def recv(ws: ClientConnection, within_s: float = 5.0) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within_s))
     return message
 
 
@@ -107,7 +108,7 @@ async def test_stream_filters_and_down_samples(served: Served) -> None:
         assert [(r["asset"], r["tag"]) for r in first["readings"]] == [("conveyor-01", "belt_speed")]
         assert first["readings"][0]["quality"] == "Good"
         with pytest.raises(TimeoutError):
-            await recv(ws, timeout=0.1)
+            await recv(ws, within_s=0.1)
         await asyncio.sleep(0.2)
         hub.publish_readings(readings(T0 + timedelta(seconds=9)))
         assert (await recv(ws))["readings"][0]["source_ts"].startswith("2026-01-01T06:00:09")
@@ -129,7 +130,7 @@ async def test_alert_and_command_streams(served: Served) -> None:
         assert (await recv(alerts))["state"] == "active"
         await api.services.alerts.process([Reading("plc-shop", "conveyor-01", "belt_speed", 0.5, 0, T0, T0)])
         assert (await recv(alerts))["state"] == "cleared"
-        record, _ = await api.services.commands.submit(
+        _record, _ = await api.services.commands.submit(
             CommandRequest(asset="conveyor-01", command="stop"), Actor("operator", ("operator",)))
         states = [(await recv(commands))["state"] for _ in range(3)]
         assert states == ["PENDING", "IN_PROGRESS", "COMPLETED"]
@@ -188,7 +189,7 @@ async def test_every_keeps_its_period_without_drift() -> None:
         await asyncio.sleep(0.013)  # work inside the tick must not push later ticks back
         if len(times) == ticks:
             break
-    intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
+    intervals = [b - a for a, b in itertools.pairwise(times)]
     assert statistics.mean(intervals) == pytest.approx(period, rel=0.05)
     assert abs((times[-1] - times[0]) - period * (ticks - 1)) < period * 0.25  # no cumulative drift
 
@@ -203,8 +204,9 @@ async def test_mine_snapshot_stream_period(served: Served) -> None:
         for _ in range(11):
             message = await recv(ws)
             arrivals.append(loop.time())
-            assert message["type"] == "mine_snapshot" and message["trucks"][0]["id"] == "truck-01"
-    intervals = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            assert message["type"] == "mine_snapshot"
+            assert message["trucks"][0]["id"] == "truck-01"
+    intervals = [b - a for a, b in itertools.pairwise(arrivals)]
     assert statistics.mean(intervals) == pytest.approx(0.2, rel=0.05)
     assert abs((arrivals[-1] - arrivals[0]) - 0.2 * 10) < 0.05
     assert len(api.snapshots.ring) >= 10  # the /api/historical-data ring
@@ -218,5 +220,6 @@ async def test_machine_stream_about_ten_hertz(served: Served) -> None:
         for _ in range(10):
             message = await recv(ws)
         elapsed = loop.time() - started
-    assert first["id"] == "lathe-01" and message["data"]["state"] == "Running"
+    assert first["id"] == "lathe-01"
+    assert message["data"]["state"] == "Running"
     assert elapsed == pytest.approx(1.0, rel=0.1)

@@ -9,6 +9,10 @@ Layout (the gateway relies on it; see docs and ARCHITECTURE.md habit 7)::
                                                                    so a tag walk over the instance
                                                                    namespace never mistakes them for tags)
 
+Each asset object's TypeDefinition is its ObjectType from nodesets/ (``<Type>Type`` in the types
+namespace, typemodel.py) when that nodeset was imported, BaseObjectType otherwise; its children carry
+the browse names of the type's InstanceDeclarations. Asset objects are event notifiers (alarms.py).
+
 NodeIds are strings in the instance namespace: the tag path joined by ``/``; properties of a tag append
 ``#<property>`` and methods append ``()``, so no NodeId can collide whatever the keys are. Clients
 must still resolve by browse path, never by these strings.

@@ -5,6 +5,11 @@ Endpoint: ``opc.tcp://<settings.endpoint_host>:<port>`` (no path: one server per
 port alone names the PLC). The socket is bound on ``settings.bind_host``; the advertised endpoint
 uses ``endpoint_host`` so a server bound on 0.0.0.0 still hands clients a reachable URL.
 
+Start: nodesets/ in manifest order (TwinEdge types; companion nodesets if present), then the
+instances, built straight into the address space (nodes.py); 10,000 variables serve within ~3-4 s on
+the two-core reference host (bench/opcua_bench.py). After each scan the publisher writes values,
+appends history (history.py) and looks for alarm transitions (alarms.py).
+
 Usage::
 
     async with OpcUaExposer(plc, site, area, plc_config, settings) as exposer:

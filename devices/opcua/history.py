@@ -13,7 +13,10 @@ O(n). The window here is relative to the variable's newest SourceTimestamp, and 
 before the window start is kept as well, so a trend of the window starts with the value then in force
 (values are only written on change, publisher.py).
 
-Cost: setup is one empty deque per analog variable (10,000 variables: ~10 ms, ~1 MB). Memory grows
+Cost: setup is one empty deque per analog variable (10,000 variables: ~10 ms, ~1 MB). Per scan, the
+bench (bench/opcua_bench.py --history-window 60, ~4,700 changed analog values per scan) measured the
+scan going from ~10 ms to 40-55 ms; with the garbage collector disabled, 23 ms — half the cost is GC
+passes over the DataValues history keeps alive, the rest appending and trimming. Memory grows
 with window x change rate: a DataValue is ~400 bytes, so 10,000 variables changing every 100 ms scan
 with a one-hour window hold 360 million values (~140 GB) — keep ``history_window_s`` short (minutes)
 for big, fast plants, or history only a small PLC. Values are in memory only and lost on restart.
