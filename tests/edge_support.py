@@ -23,7 +23,6 @@ from gateway.latest import LatestValues
 from gateway.storage.db import Database
 from gateway.storage.users import UserStore
 
-POSTGRES_URL = os.environ.get("TWINEDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSWORDS = {"admin": "admin-password-123", "operator": "operator-pass-123", "viewer": "viewer-pass-1234"}
 
 # Cheap Argon2 parameters: tests create many users; production uses pwdlib's recommended ones.
@@ -56,6 +55,11 @@ CATALOGUE: dict[str, Any] = {
 
 def postgres_wanted() -> bool:
     return os.environ.get("TWINEDGE_TEST_POSTGRES", "1") != "0"
+
+
+def external_postgres_url() -> str | None:
+    """TWINEDGE_TEST_POSTGRES_URL: an external PostgreSQL to use instead of the private one."""
+    return os.environ.get("TWINEDGE_TEST_POSTGRES_URL") or None
 
 
 class FakeClock:
