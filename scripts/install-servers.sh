@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs the servers the test suite starts on free loopback ports: mosquitto, InfluxDB 1.x
-# (influxd) and VictoriaMetrics (the InfluxDB v2 write API). Debian/Ubuntu package names.
+# (influxd), VictoriaMetrics (the InfluxDB v2 write API) and PostgreSQL (the edge API storage tests
+# run initdb/postgres from /usr/lib/postgresql/*/bin in a temp dir), and Node.js with npm for the
+# OPC UA interop test (an independent node-opcua client). Debian/Ubuntu package names.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
@@ -13,9 +18,12 @@ if [ "$(id -u)" -eq 0 ]; then
     echo "installing ${need[*]} with apt-get"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-    # The Debian packages start their services; the tests start their own on free ports instead.
-    for svc in influxdb victoria-metrics; do
-        service "$svc" stop >/dev/null 2>&1 || true
+    # The Debian packages start their services (postgresql: the system cluster on port 5432); the
+    # tests start their own on free ports instead, so stop the services of what was just installed.
+    for pkg in "${need[@]}"; do
+        case "$pkg" in
+            influxdb | victoria-metrics | postgresql) service "$pkg" stop >/dev/null 2>&1 || true ;;
+        esac
     done
 else
     echo "The test suite needs: ${need[*]}. Install them with:" >&2
