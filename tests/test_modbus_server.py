@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -22,6 +23,8 @@ from devices.clock import VirtualClock
 from devices.config import PlantSettings, PlcConfig
 from devices.modbus import ModbusExposer, Table
 from devices.modbus.codec import decode
+from devices.modbus.protocol import RequestHandler
+from devices.modbus.server import ModbusTcpServer
 from devices.plc import AssetGroup, Plc
 from devices.tags import Access, CommandSpec, DataType, TagKind, TagSpec
 
@@ -498,3 +501,192 @@ async def test_interop_with_mbpoll(rig: Rig) -> None:
     assert rig.plc.image.lookup("conveyor-01", "speed_setpoint")[0] == 2.75
     out = await _mbpoll(*base, "-r", "100", "-c", "1", "-t", "1", rig.host)
     assert _mbpoll_values(out)[100] == "1"
+
+
+READ_ONE = bytes.fromhex("04 0000 0001")  # heartbeat: one input register
+
+
+def _frame(tid: int, pdu: bytes = READ_ONE, unit: int = 1) -> bytes:
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one response frame; return (transaction id, PDU)."""
+    header = await asyncio.wait_for(reader.readexactly(7), DEADLINE_S)
+    tid, proto, length, _unit = struct.unpack(">HHHB", header)
+    assert proto == 0
+    return tid, await asyncio.wait_for(reader.readexactly(length - 1), DEADLINE_S)
+
+
+async def test_frames_split_across_packets(rig: Rig) -> None:
+    reader, writer = await asyncio.open_connection(rig.host, rig.port)
+    try:
+        # One byte per write, with a pause so each arrives in its own segment (asyncio sets
+        # TCP_NODELAY): the header itself, then the PDU, are split across data_received calls.
+        for byte in _frame(1):
+            writer.write(bytes((byte,)))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        tid, pdu = await _answer(reader)
+        assert (tid, pdu[:2]) == (1, b"\x04\x02")
+        # A frame and a half, then the other half with a whole frame behind it.
+        first, second, third = _frame(2), _frame(3), _frame(4)
+        writer.write(first + second[:5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(second[5:] + third)
+        assert [(await _answer(reader))[0] for _ in range(3)] == [2, 3, 4]
+    finally:
+        writer.close()
+
+
+async def test_two_frames_in_one_packet(rig: Rig) -> None:
+    reader, writer = await asyncio.open_connection(rig.host, rig.port)
+    try:
+        writer.write(_frame(10) + _frame(11, bytes.fromhex("04 0032 0001")))  # the second is a gap: 02
+        assert await _answer(reader) == (10, b"\x04\x02" + struct.pack(">H", rig.plc.scan_count))
+        assert await _answer(reader) == (11, b"\x84\x02")
+    finally:
+        writer.close()
+
+
+async def test_half_closed_client_still_gets_its_answers(rig: Rig) -> None:
+    rig.exposer.inject(delay_ms=50)
+    reader, writer = await asyncio.open_connection(rig.host, rig.port)
+    try:
+        writer.write(_frame(1) + _frame(2))
+        writer.write_eof()
+        assert [(await _answer(reader))[0] for _ in range(2)] == [1, 2]
+        assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""  # then the server closes
+    finally:
+        writer.close()
+
+
+async def test_delay_keeps_order_without_blocking_other_connections(rig: Rig) -> None:
+    rig.exposer.inject(delay_ms=200)
+    slow_reader, slow_writer = await asyncio.open_connection(rig.host, rig.port)
+    other_reader, other_writer = await asyncio.open_connection(rig.host, rig.port)
+    done: list[str] = []
+    try:
+
+        async def pipelined() -> None:
+            slow_writer.write(_frame(1) + _frame(2))
+            for tid in (1, 2):
+                assert (await _answer(slow_reader))[0] == tid
+                done.append(f"slow {tid}")
+
+        async def single() -> None:
+            await asyncio.sleep(0.05)  # after the slow connection's first request is parked
+            other_writer.write(_frame(9))
+            assert (await _answer(other_reader))[0] == 9
+            done.append("other")
+
+        started = time.monotonic()
+        await asyncio.gather(pipelined(), single())
+        # Answers on one connection are serial (two delays); the other connection waits for its own
+        # delay only, so it is answered before the slow connection's second answer.
+        assert time.monotonic() - started >= 0.4
+        assert done.index("other") < done.index("slow 2")
+    finally:
+        slow_writer.close()
+        other_writer.close()
+
+
+async def test_a_client_that_does_not_read_is_paused_not_buffered(rig: Rig) -> None:
+    server = rig.exposer.server
+    sock = socket.socket()
+    # A small receive window (set before connect) so the answers back up quickly into the server.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (rig.host, rig.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    bystander = rig.client()
+    await bystander.connect()
+    try:
+        # Device identification answers are ~110 bytes: 60,000 of them (6.6 MB) exceed what the
+        # kernel buffers (server send buffer autotunes up to 4 MB with tcp_wmem's default maximum).
+        count = 60_000
+        pdu = bytes.fromhex("2B 0E 02 00")
+        writer.write(b"".join(_frame(tid, pdu) for tid in range(count)))
+        before = server.requests
+
+        async def stopped() -> bool:
+            seen = server.requests
+            await asyncio.sleep(0.2)
+            return server.requests == seen
+
+        await _until(stopped, "the server to stop reading the client that does not read")
+        assert server.requests - before < count
+        assert not (await bystander.read_input_registers(0, count=1, device_id=1)).isError()
+        for tid in range(count):
+            got, answer = await _answer(reader)
+            assert got == tid
+            assert answer[:2] == b"\x2b\x0e"
+        assert server.requests - before == count + 1  # the bystander's read
+    finally:
+        writer.close()
+        bystander.close()
+
+
+async def _own_server(rig: Rig, **kwargs: Any) -> ModbusTcpServer:
+    server = ModbusTcpServer(RequestHandler(lambda: rig.exposer.image, rig.plc), "127.0.0.1", 0, **kwargs)
+    await server.start()
+    return server
+
+
+async def test_idle_clients_time_out(rig: Rig) -> None:
+    server = await _own_server(rig, idle_timeout_s=0.3)
+    host, port = server.address
+    try:
+        idle_reader, idle_writer = await asyncio.open_connection(host, port)
+        busy_reader, busy_writer = await asyncio.open_connection(host, port)
+        started = time.monotonic()
+        for tid in range(6):  # 0.6 s of traffic, every 0.1 s: never idle for 0.3 s
+            busy_writer.write(_frame(tid))
+            assert (await _answer(busy_reader))[0] == tid
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(idle_reader.read(), DEADLINE_S) == b""
+        assert time.monotonic() - started >= 0.3
+        busy_writer.write(_frame(99))
+        assert (await _answer(busy_reader))[0] == 99
+        idle_writer.close()
+        busy_writer.close()
+    finally:
+        await server.close()
+    assert server.connection_count == 0
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """EOF or a reset: either way the server would not talk to us."""
+    try:
+        return await asyncio.wait_for(reader.read(), DEADLINE_S) == b""
+    except ConnectionError:
+        return True
+
+
+async def test_connections_over_the_limit_are_refused(rig: Rig) -> None:
+    server = await _own_server(rig, max_connections=2)
+    host, port = server.address
+    writers = []
+    try:
+        readers = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(host, port)
+            readers.append(reader)
+            writers.append(writer)
+
+        async def both_registered() -> bool:
+            return server.connection_count == 2
+
+        await _until(both_registered, "two connections")
+        reader, writer = await asyncio.open_connection(host, port)
+        writers.append(writer)
+        assert await _closed_by_server(reader)
+        assert server.refused_connections == 1
+        for tid, (reader, writer) in enumerate(zip(readers, writers[:2], strict=True)):
+            writer.write(_frame(tid))
+            assert (await _answer(reader))[0] == tid
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.close()

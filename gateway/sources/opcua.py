@@ -134,7 +134,10 @@ class OpcUaSource(SourceBase):
             await self._connect_locked()
 
     async def _new_client(self) -> Client:
-        client = Client(self.endpoint, timeout=self.config.timeout_s)
+        # asyncua probes the server every watchdog interval and drops the link when a probe takes
+        # longer than that interval (1 s by default): on a busy gateway that tore down healthy
+        # subscriptions. A probe gets the same time as any other request instead.
+        client = Client(self.endpoint, timeout=self.config.timeout_s, watchdog_intervall=self.config.timeout_s)
         client.name = client.description = f"TwinEdge gateway ({self.name})"
         sec = self.config.security
         if sec.policy != "None":
@@ -245,6 +248,10 @@ class OpcUaSource(SourceBase):
     async def _quiet_disconnect(self, client: Client) -> None:
         # The peer is usually gone already: closing the session would only log tracebacks.
         if client.uaclient.state.value in ("disconnected",):
+            # No network I/O without a socket, but it stops the client's supervisor, watchdog and
+            # publish loop, which would otherwise retry (and log) every second forever.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close_session(), self.config.timeout_s)
             client.disconnect_socket()
             return
         with contextlib.suppress(Exception):
