@@ -690,3 +690,23 @@ async def test_connections_over_the_limit_are_refused(rig: Rig) -> None:
         for writer in writers:
             writer.close()
         await server.close()
+
+
+async def test_close_cancels_a_request_parked_in_a_delay(rig: Rig) -> None:
+    rig.exposer.inject(delay_ms=300)
+    _, level, _ = rig.exposer.register_map.asset("gadget").address("level")
+    _, writer = await asyncio.open_connection(rig.host, rig.port)
+    writer.write(_frame(1, struct.pack(">BHH", 6, level, 250)))
+    await writer.drain()
+
+    async def received() -> bool:
+        return rig.exposer.server.requests >= 1
+
+    await _until(received, "the write request to arrive")
+    await rig.exposer.close()
+    assert rig.exposer.server.connection_count == 0
+    await asyncio.sleep(0.4)  # past the delay: a closed server must not have executed it
+    rig.plc.scan()
+    assert rig.plc.image is not None
+    assert rig.plc.image.lookup("gadget", "level")[0] == 1230.0
+    writer.close()

@@ -62,6 +62,8 @@ class ModbusTcpServer:
         self._server: asyncio.Server | None = None
         # Insertion-ordered set of the accepted (not refused) connections still open.
         self._connections: dict[_Connection, None] = {}
+        # Connections owing a fault-delayed answer, open or not: close() must cancel those timers too.
+        self._owing: set[_Connection] = set()
         self.requests = 0
         self.refused_connections = 0  # over max_connections or dropped by a fault
 
@@ -87,7 +89,7 @@ class ModbusTcpServer:
             return
         server.close()
         connections = list(self._connections)
-        for connection in connections:
+        for connection in list(self._owing):
             # A closed server must not answer (or execute) a request parked in a fault delay.
             connection.cancel_delayed()
         self.drop_connections()
@@ -193,6 +195,7 @@ class _Connection(asyncio.Protocol):
         if self._delayed is not None:
             self._delayed.cancel()
             self._delayed = None
+        self._server._owing.discard(self)
 
     # -- framing ---------------------------------------------------------------------------------
 
@@ -238,6 +241,7 @@ class _Connection(asyncio.Protocol):
             self._delayed = self._loop.call_later(
                 fault.delay_s, self._answer_delayed, fault, transaction, unit, pdu
             )
+            self._server._owing.add(self)
             self._update_flow()
             return
         else:
@@ -248,6 +252,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer_delayed(self, fault: Fault, transaction: int, unit: int, pdu: bytes) -> None:
         self._delayed = None
+        self._server._owing.discard(self)
         self._last_activity = self._loop.time()
         try:
             response = self._faulty(fault, unit, pdu)
