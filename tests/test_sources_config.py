@@ -112,7 +112,7 @@ def test_opcua_source_from_hand_listed_config() -> None:
         }
     )
     assert isinstance(build_source(cfg), OpcUaSource)
-    assert cfg.mode == "poll"
+    assert cfg.mode == "subscribe"  # subscriptions by default (issue 6)
     assert cfg.interval_ms == 1000
 
 
