@@ -54,6 +54,12 @@ class Row:
         return str(self.address) if self.count == 1 else f"{self.address}–{last}"
 
     @property
+    def details(self) -> tuple[str, ...]:
+        """The columns every format shows after the address: type, encoding, unit, range, access."""
+        return (self.datatype, self.word_order, self.scale, self.offset, self.unit, self.range, self.access,
+                self.status_bit, self.description)
+
+    @property
     def numbers(self) -> str:
         first = self.table.number(self.address)
         return first if self.count == 1 else f"{first}–{self.table.number(self.address + self.count - 1)}"
@@ -205,15 +211,7 @@ def _csv(config: PlantConfig, plcs: list[PlcConfig]) -> str:
                     row.address,
                     row.count,
                     row.table.number(row.address),
-                    row.datatype,
-                    row.word_order,
-                    row.scale,
-                    row.offset,
-                    row.unit,
-                    row.range,
-                    row.access,
-                    row.status_bit,
-                    row.description,
+                    *row.details,
                 )
             )
     return out.getvalue()
@@ -309,15 +307,7 @@ def _markdown(config: PlantConfig, plcs: list[PlcConfig]) -> str:
                 row.numbers,
                 row.asset,
                 row.name,
-                row.datatype,
-                row.word_order,
-                row.scale,
-                row.offset,
-                row.unit,
-                row.range,
-                row.access,
-                row.status_bit,
-                row.description,
+                *row.details,
             )
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")

@@ -8,13 +8,22 @@ Constructors do no I/O; ``start`` opens the outbox and begins connecting; ``clos
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.readings import Reading
+
+if TYPE_CHECKING:
+    from gateway.sinks.outbox import AsyncOutbox
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +71,44 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def outbox_path(data_dir: str | Path, sink_name: str) -> Path:
     """One outbox file per sink under the data directory, e.g. ``<data>/outbox/mqtt.sqlite``."""
     return Path(data_dir) / "outbox" / f"{_UNSAFE.sub('_', sink_name)}.sqlite"
+
+
+class OutboxForwarding:
+    """What every outbox-backed sink shares: draining on close and reporting its stats.
+
+    The sink sets ``_outbox`` in ``start``, sets ``_acked`` whenever records leave the outbox, and
+    keeps the counters; records are removed only once the remote end acknowledged them.
+    """
+
+    name: str
+    _outbox: AsyncOutbox | None
+    _acked: asyncio.Event
+    _connected: bool
+    _published: int
+    _errors: int
+
+    async def _drain(self, timeout_s: float, *, only_while_connected: bool = False) -> None:
+        """Wait until the outbox is empty or ``timeout_s`` passes (or the link is gone, if asked)."""
+        deadline = time.monotonic() + timeout_s
+        while self._outbox is not None and self._outbox.depth() > 0:
+            if only_while_connected and not self._connected:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("%s: closing with %d records still in the outbox", self.name, self._outbox.depth())
+                return
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), remaining)
+
+    def _stats(self, extra_dropped: int = 0) -> SinkStats:
+        outbox = self._outbox
+        return SinkStats(
+            connected=self._connected,
+            published=self._published,
+            errors=self._errors,
+            dropped=(outbox.dropped_total + outbox.discarded_total if outbox else 0) + extra_dropped,
+            outbox_depth=outbox.depth() if outbox else 0,
+            outbox_oldest_age_s=outbox.oldest_age_s() if outbox else 0.0,
+        )
+

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.encoders.line_protocol import LineProtocolEncoder
 from gateway.readings import Reading
-from gateway.sinks.base import SinkStats, outbox_path
+from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
 from gateway.sinks.outbox import AsyncOutbox
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def classify(status: int, message: str, retry_after: str | None) -> WriteResult:
     return WriteResult("retry", status, message)
 
 
-class InfluxSink:
+class InfluxSink(OutboxForwarding):
     """Writes readings to InfluxDB (v2 API or v1 ``/write``) from a durable outbox."""
 
     name = "influx"
@@ -179,27 +179,8 @@ class InfluxSink:
         if self._outbox is not None:
             await self._outbox.close()
 
-    async def _drain(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self._outbox is not None and self._outbox.depth() > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("influx: closing with %d lines still in the outbox", self._outbox.depth())
-                return
-            self._acked.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), remaining)
-
     def stats(self) -> SinkStats:
-        ob = self._outbox
-        return SinkStats(
-            connected=self._connected,
-            published=self._published,
-            errors=self._errors,
-            dropped=ob.dropped_total + ob.discarded_total if ob else 0,
-            outbox_depth=ob.depth() if ob else 0,
-            outbox_oldest_age_s=ob.oldest_age_s() if ob else 0.0,
-        )
+        return self._stats()
 
     # -- forwarding task --------------------------------------------------------------------------
 

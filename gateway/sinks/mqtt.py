@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.encoders.uns_json import PayloadEncoder, UnsJsonEncoder, sanitize_level
 from gateway.readings import Reading
-from gateway.sinks.base import SinkStats, outbox_path
+from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
 from gateway.sinks.outbox import AsyncOutbox
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _is_failure(reason_code: Any) -> bool:
     return bool(getattr(reason_code, "is_failure", False))
 
 
-class MqttSink:
+class MqttSink(OutboxForwarding):
     """Publishes readings as UNS JSON (or any :class:`PayloadEncoder`) from a durable outbox."""
 
     name = "mqtt"
@@ -177,7 +177,7 @@ class MqttSink:
             return
         self._closed = True
         if self._task is not None:
-            await self._drain(self.close_timeout_s)
+            await self._drain(self.close_timeout_s, only_while_connected=True)  # nothing drains offline
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -193,28 +193,8 @@ class MqttSink:
         if self._outbox is not None:
             await self._outbox.close()
 
-    async def _drain(self, timeout_s: float) -> None:
-        """Wait until the outbox is empty, the broker is gone, or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while self._outbox is not None and self._outbox.depth() > 0 and self._connected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("mqtt: closing with %d records still in the outbox", self._outbox.depth())
-                return
-            self._acked.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), remaining)
-
     def stats(self) -> SinkStats:
-        ob = self._outbox
-        return SinkStats(
-            connected=self._connected,
-            published=self._published,
-            errors=self._errors,
-            dropped=(ob.dropped_total + ob.discarded_total if ob else 0) + self._rejected,
-            outbox_depth=ob.depth() if ob else 0,
-            outbox_oldest_age_s=ob.oldest_age_s() if ob else 0.0,
-        )
+        return self._stats(extra_dropped=self._rejected)  # + records the broker refused (MQTT 5 PUBACK)
 
     # -- publisher task ---------------------------------------------------------------------------
 

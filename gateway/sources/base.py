@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from gateway.readings import Reading, TagValue
+
+if TYPE_CHECKING:  # the catalogue imports the Modbus codec of this package
+    from gateway.catalogue import Catalogue, CataloguePlc
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,16 @@ class SourceError(Exception):
 
 class SourceUnavailable(SourceError):
     """The device is not connected, so a write or command was not attempted."""
+
+
+def catalogue_plc(source: str, plc_id: str, catalogue: Catalogue | None) -> CataloguePlc:
+    """The catalogue entry a source's ``plc:`` names, or a SourceError saying what is missing."""
+    if catalogue is None:
+        raise SourceError(f"source {source}: plc {plc_id!r} needs the tag catalogue")
+    try:
+        return catalogue.plc(plc_id)
+    except KeyError:
+        raise SourceError(f"source {source}: plc {plc_id!r} is not in the catalogue") from None
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from gateway.common.status import (
 )
 from gateway.readings import Reading, TagValue
 from gateway.sources import modbus_codec as codec
-from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
+from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, catalogue_plc, utcnow
 from gateway.sources.config import ModbusSourceConfig
 from gateway.sources.modbus_planner import BIT_TABLES, PlanItem, ReadRequest, Span, Table, plan_reads
 
@@ -101,12 +101,7 @@ def build_map(config: ModbusSourceConfig, catalogue: Catalogue | None = None) ->
         )
         assert config.host is not None  # checked by the config model
         return ModbusMap(config.host, config.port or 502, points, blocks, {})
-    if catalogue is None:
-        raise SourceError(f"source {config.name}: plc {config.plc!r} needs the tag catalogue")
-    try:
-        plc = catalogue.plc(config.plc)
-    except KeyError:
-        raise SourceError(f"source {config.name}: plc {config.plc!r} is not in the catalogue") from None
+    plc = catalogue_plc(config.name, config.plc, catalogue)
     if plc.modbus is None:
         raise SourceError(f"source {config.name}: plc {config.plc!r} has no Modbus endpoint")
     order = plc.modbus.word_order

@@ -31,7 +31,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.common.status import BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD_TIMEOUT
 from gateway.readings import Reading, TagValue
-from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, utcnow
+from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, catalogue_plc, utcnow
 from gateway.sources.config import OpcUaSourceConfig
 from gateway.sources.opcua_subscription import FeedSettings, SubscriptionFeed, bad_value
 
@@ -72,12 +72,7 @@ def build_points(
             for t in config.tags
         ]
         return config.endpoint, points
-    if catalogue is None:
-        raise SourceError(f"source {config.name}: plc {config.plc!r} needs the tag catalogue")
-    try:
-        plc = catalogue.plc(config.plc)
-    except KeyError:
-        raise SourceError(f"source {config.name}: plc {config.plc!r} is not in the catalogue") from None
+    plc = catalogue_plc(config.name, config.plc, catalogue)
     if plc.opcua is None:
         raise SourceError(f"source {config.name}: plc {config.plc!r} has no OPC UA endpoint")
     points = [
