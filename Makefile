@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint servers setup clean registers-doc
 
+# A fresh Debian/Ubuntu lacks python3-venv: when creating the venv fails, remove the half-made
+# directory, let scripts/bootstrap-python.sh install it (or print the sudo command), and retry once.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && bash scripts/bootstrap-python.sh $(PYTHON) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

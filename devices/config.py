@@ -33,6 +33,8 @@ class ModbusEndpointConfig(StrictModel):
     word_order: WordOrder = "ABCD"
     unit_per_asset: bool = False  # give asset n its own unit id (unit_id + n), like a serial gateway
     fault_value: float | None = None  # what a Bad-quality tag reads; None keeps the sensor's fault value
+    # Misbehaviour scheduled in plant time, e.g. {at: 30min, exception_code: 6, duration: 2min}.
+    faults: list[ModbusFaultConfig] = Field(default_factory=list)
 
 
 class AssetConfig(StrictModel):
@@ -144,3 +146,11 @@ class PlantConfig(StrictModel):
 
 def load_plant_config(path: Path) -> PlantConfig:
     return load_config(path, PlantConfig, os.environ, PLANT_ENV_OVERRIDES)
+
+
+# At the end: importing devices.modbus runs its package, whose exposer imports this module's models
+# above; the annotation of ModbusEndpointConfig.faults resolves once the name exists.
+from devices.modbus.config import ModbusFaultConfig  # noqa: E402
+
+for _model in (ModbusEndpointConfig, PlcConfig, AreaConfig, SiteConfig, PlantConfig):
+    _model.model_rebuild()

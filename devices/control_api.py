@@ -13,6 +13,9 @@ the gateway: it changes the simulation, which no real PLC lets a gateway do.
 | ``GET /plant/tags/{asset}/{tag}`` | value and StatusCode from the PLC's process image |
 | ``PUT /plant/tags/{asset}/{tag}`` | force a tag: ``{"value": 1.2}`` |
 | ``DELETE /plant/tags/{asset}/{tag}/force`` | end a forced measurement |
+| ``GET /plant/plcs/{plc}/modbus/faults`` | the PLC's active Modbus fault, config-scheduled ones and their trail |
+| ``POST /plant/plcs/{plc}/modbus/faults`` | make its Modbus server misbehave (delay, no response, exception, drops) |
+| ``DELETE /plant/plcs/{plc}/modbus/faults`` | end the active Modbus fault and drop the scheduled ones |
 
 Forcing: a setpoint (access rw) is written as a client write would be (``Plc.submit_write``: validated
 against the tag table, applied at the next scan), so it stays until changed. A measurement cannot be
@@ -24,12 +27,17 @@ pass for a real one, and this is the PLC's only override path.
 # No `from __future__ import annotations`: FastAPI evaluates the request models' annotations.
 
 import math
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from devices.assets.base import AssetModel
+from devices.modbus.config import MAX_FAULT_DELAY_MS, ScheduledModbusFault
+from devices.modbus.exposer import ModbusExposer
+from devices.modbus.fault_schedule import ModbusFaultSchedule
+from devices.modbus.faults import Fault
 from devices.plc import Plc
 from devices.scenarios import FaultKind, ScenarioEvent, ScenarioRunner, parse_plant_time
 from devices.tags import TagSpec
@@ -64,6 +72,34 @@ class ForceBody(BaseModel):
     value: float | int | bool
 
 
+class ModbusFaultBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delay_ms: float = Field(default=0.0, ge=0, le=MAX_FAULT_DELAY_MS, allow_inf_nan=False,
+                            description="added to every response")
+    no_response: bool = Field(default=False, description="read requests, never answer (client times out)")
+    exception_code: Literal[4, 6] | None = Field(default=None, description="answer every request with "
+                                                 "exception 04 (device failure) or 06 (busy)")
+    drop_connections: bool = Field(default=False, description="reset open connections and refuse new ones")
+    duration_s: float | None = Field(default=None, gt=0, le=7 * 86_400, allow_inf_nan=False,
+                                     description="wall-clock seconds; default: until DELETE")
+
+
+def _modbus_fault_json(fault: Fault, schedule: ModbusFaultSchedule | None, injected_by_config: bool) -> dict[str, Any]:
+    remaining = None if fault.until is None else max(0.0, fault.until - time.monotonic())
+    active = schedule.active if schedule is not None and injected_by_config else None
+    return {"delay_ms": fault.delay_s * 1000.0, "no_response": fault.no_response,
+            "exception_code": fault.exception_code, "drop_connections": fault.drop_connections,
+            "remaining_s": remaining, "source": "config" if injected_by_config else "api",
+            "until_plant_s": None if active is None or active.duration_s is None else active.at_s + active.duration_s}
+
+
+def _scheduled_fault_json(fault: ScheduledModbusFault) -> dict[str, Any]:
+    return {"at_s": fault.at_s, "delay_ms": fault.delay_ms, "no_response": fault.no_response,
+            "exception_code": fault.exception_code, "drop_connections": fault.drop_connections,
+            "duration_s": fault.duration_s}
+
+
 def _event_json(event: ScenarioEvent) -> dict[str, Any]:
     return {"at_s": event.at_s, "kind": event.kind.value, "asset": event.asset, "tag": event.tag,
             "duration_s": event.duration_s, "rate": event.rate, "probability": event.probability}
@@ -93,6 +129,23 @@ def create_control_app(plant: "Plant") -> FastAPI:
         if not chosen:
             raise HTTPException(404, f"no PLC {plc_id!r}")
         return chosen
+
+    def modbus_of(plc_id: str) -> tuple[ModbusExposer, ModbusFaultSchedule | None]:
+        if not any(p.plc.plc_id == plc_id for p in plant.plcs):
+            raise HTTPException(404, f"no PLC {plc_id!r}")
+        exposer = plant.modbus.get(plc_id)
+        if exposer is None:
+            raise HTTPException(409, f"PLC {plc_id} does not serve Modbus (disabled, or the plant is not serving)")
+        return exposer, plant.modbus_faults.get(plc_id)
+
+    def modbus_faults_json(plc_id: str) -> dict[str, Any]:
+        exposer, schedule = modbus_of(plc_id)
+        fault = exposer.faults.current()
+        by_config = schedule is not None and fault is not None and fault is schedule.injected
+        return {"plc": plc_id,
+                "active": None if fault is None else _modbus_fault_json(fault, schedule, by_config),
+                "scheduled": [] if schedule is None else [_scheduled_fault_json(f) for f in schedule.pending],
+                "fired": [] if schedule is None else [{"plant_s": t, "what": w} for t, w in schedule.fired]}
 
     @app.get("/plant/clock")
     async def clock() -> dict[str, Any]:
@@ -186,5 +239,26 @@ def create_control_app(plant: "Plant") -> FastAPI:
         tag_spec(model, tag)
         plc.set_sensor_fault(asset, tag, None)
         return {"asset": asset, "tag": tag, "forced": None}
+
+    @app.get("/plant/plcs/{plc}/modbus/faults")
+    async def modbus_faults(plc: str) -> dict[str, Any]:
+        return modbus_faults_json(plc)
+
+    @app.post("/plant/plcs/{plc}/modbus/faults", status_code=201)
+    async def inject_modbus_fault(plc: str, body: ModbusFaultBody) -> dict[str, Any]:
+        exposer, _ = modbus_of(plc)
+        if not (body.delay_ms or body.no_response or body.exception_code or body.drop_connections):
+            raise HTTPException(422, "give delay_ms, no_response, exception_code or drop_connections")
+        exposer.inject(delay_ms=body.delay_ms, no_response=body.no_response, exception_code=body.exception_code,
+                       drop_connections=body.drop_connections, duration_s=body.duration_s)
+        return modbus_faults_json(plc)
+
+    @app.delete("/plant/plcs/{plc}/modbus/faults")
+    async def clear_modbus_faults(plc: str) -> dict[str, Any]:
+        exposer, schedule = modbus_of(plc)
+        cleared = exposer.faults.current() is not None
+        exposer.clear_faults()
+        dropped = 0 if schedule is None else schedule.clear()
+        return {"plc": plc, "cleared": cleared, "dropped": dropped}
 
     return app

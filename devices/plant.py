@@ -23,6 +23,7 @@ from devices.catalogue import build_catalogue
 from devices.clock import VirtualClock
 from devices.config import AreaConfig, PlantConfig, PlcConfig, SiteConfig
 from devices.modbus.exposer import ModbusExposer
+from devices.modbus.fault_schedule import ModbusFaultSchedule
 from devices.opcua.exposer import OpcUaExposer
 from devices.plc import AssetGroup, Plc
 from devices.scenarios import ScenarioRunner
@@ -100,6 +101,9 @@ class Plant:
         self.clock = VirtualClock(config.plant.speed, config.plant.start_time)
         self.plcs = build_plcs(config, self.clock)
         self._announce = announce
+        # PLC id -> its Modbus server and config-scheduled faults, while serving (the control API uses them).
+        self.modbus: dict[str, ModbusExposer] = {}
+        self.modbus_faults: dict[str, ModbusFaultSchedule] = {}
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
@@ -117,6 +121,13 @@ class Plant:
                 if placed.config.modbus.enabled:
                     modbus = ModbusExposer(placed.plc, placed.site.id, placed.area.id, placed.config, settings)
                     await stack.enter_async_context(modbus)
+                    plc_id = placed.plc.plc_id
+                    schedule = ModbusFaultSchedule(placed.plc, modbus.faults,
+                                                   [f.fault() for f in placed.config.modbus.faults])
+                    self.modbus[plc_id], self.modbus_faults[plc_id] = modbus, schedule
+                    stack.callback(self.modbus.pop, plc_id, None)
+                    stack.callback(self.modbus_faults.pop, plc_id, None)
+                    stack.callback(schedule.close)
                     host, port = modbus.address
                     unit = placed.config.modbus.unit_id
                     self._announce(f"  {placed.plc.plc_id}: Modbus  {host}:{port} (unit {unit})")

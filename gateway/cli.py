@@ -49,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--config", type=Path, default=DEFAULT_GATEWAY_CONFIG, help="default: %(default)s")
     gateway.add_argument("--log-level", default="WARNING", help="logging level (default: %(default)s)")
+    status = commands.add_parser(
+        "status",
+        help="summarise a running gateway: its sources and sinks, from its API",
+        description="Read a running gateway's /api/v1/health and /metrics and print one line per source "
+        "(connected, reads, values, bad, errors, overruns, dropped) and per sink (connected, published, errors, "
+        "dropped, outbox depth, age of the oldest waiting record). Exit status 1 when the API cannot be read.",
+    )
+    status.add_argument("--url", default="http://127.0.0.1:8080",
+                        help="base URL of the gateway's API (default: %(default)s)")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: %(default)s)")
     commands.add_parser("plant", help="run the simulated plant alone (see 'twinedge plant --help')", add_help=False)
     commands.add_parser("registers", help="print the Modbus register map / tag catalogue", add_help=False)
     return parser
@@ -86,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "gateway":
         return _run_gateway(args.config, args.log_level)
+    if args.command == "status":
+        from gateway.status import run_status
+
+        return run_status(args.url, args.timeout)
     supervisor = Supervisor(args.plant_config, args.gateway_config, args.speed, args.log_level)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, supervisor.request_stop)

@@ -37,14 +37,20 @@ class GatewayMetrics(Collector):
         errors = CounterMetricFamily("twinedge_source_errors", "Polls that failed", labels=["source"])
         overruns = CounterMetricFamily("twinedge_source_overruns", "Polls that overran their interval",
                                        labels=["source"])
+        source_dropped = CounterMetricFamily(
+            "twinedge_source_dropped", "Values dropped by the source (OPC UA notifications it fell behind on)",
+            labels=["source"],
+        )
+        sources = self._poller.sources()
         for name, stats in self._poller.stats().items():
             connected.add_metric([name], 1.0 if stats.connected else 0.0)
+            source_dropped.add_metric([name], int(getattr(sources.get(name), "dropped", 0)))
             reads.add_metric([name], stats.reads)
             values.add_metric([name], stats.values)
             bad.add_metric([name], stats.bad_values)
             errors.add_metric([name], stats.errors)
             overruns.add_metric([name], stats.overruns)
-        yield from (connected, reads, values, bad, errors, overruns)
+        yield from (connected, reads, values, bad, errors, overruns, source_dropped)
 
         sink_connected = GaugeMetricFamily("twinedge_sink_connected", "1 when the sink reaches its server",
                                            labels=["sink"])

@@ -72,6 +72,9 @@ class Poller:
         """Poll ``source`` now (or as soon as its current poll ends). Unknown names raise KeyError."""
         self._jobs[source].wake.set()
 
+    def sources(self) -> dict[str, Source]:
+        return {name: job.source for name, job in self._jobs.items()}
+
     def stats(self) -> dict[str, SourceStats]:
         for job in self._jobs.values():
             job.stats.connected = job.source.connected

@@ -40,6 +40,7 @@ from gateway.common.configfile import ConfigError
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.encoders.uns_json import format_ts, json_value
 from gateway.executor import CommandExecutor
+from gateway.history import APP_STATE_KEY, history_reader
 from gateway.latest import LatestValues
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -320,6 +321,10 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
             parts = ApiParts(gateway.edge, gateway.hub, gateway.snapshots, ws.queue_size, ws.machine_period_s,
                              ws.allow_query_token)
             app = create_app(gateway.state, gateway.metrics.registry, parts)
+            influx_history = history_reader(config.sinks.influx)  # None: history from the local ring
+            if influx_history is not None:
+                setattr(app.state, APP_STATE_KEY, influx_history)
+                stack.push_async_callback(influx_history.close)
             server = _EmbeddedServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
                                                     log_level="warning", lifespan="off"))
             api_task = asyncio.create_task(server.serve())

@@ -2,24 +2,28 @@
 of the mine, the lathes and the warehouse. Everything comes from the catalogue, LatestValues and the
 local history ring (EdgeState); nothing here talks to a PLC.
 
-History: from the in-memory ring of recent readings (``api.history_per_tag`` samples per tag).
-Reading InfluxDB when that sink is configured is not implemented yet; the response says which
-store answered (``store: "local"``).
+History: from InfluxDB when the Influx sink is on with the v1 API (``gateway.history``, InfluxQL),
+else, or when that query fails, from the in-memory ring of recent readings (``api.history_per_tag``
+samples per tag). The response says which store answered (``store: "influx"`` or ``"local"``).
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
 # parameter types, which refer to closure variables a string annotation cannot see.
 
+import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.api.auth import Authenticator, Principal
 from gateway.api.state import EdgeState
 from gateway.common.status import status_name
+from gateway.history import APP_STATE_KEY, HistoryUnavailable, InfluxHistory
 from gateway.readings import TagValue
+
+log = logging.getLogger(__name__)
 
 MAX_POINTS = 10_000
 
@@ -96,7 +100,9 @@ class HistoryPoint(BaseModel):
 class History(BaseModel):
     asset: str
     tag: str
-    store: str = Field(description="which store answered: local (in-memory ring)", examples=["local"])
+    store: str = Field(description="which store answered: influx (InfluxDB, when the Influx sink "
+                       "uses the v1 API) or local (in-memory ring, also the fallback when InfluxDB fails)",
+                       examples=["local"])
     step_s: float | None
     points: list[HistoryPoint]
 
@@ -176,9 +182,9 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
             for tag, r in sorted(readings.items())})
 
     @router.get("/assets/{asset_id}/history", response_model=History, responses=not_found,
-                summary="History of one tag from the local store, optionally aggregated per step")
+                summary="History of one tag from InfluxDB or the local store, optionally aggregated per step")
     async def history(
-        asset_id: str, _: Viewer,
+        asset_id: str, _: Viewer, request: Request,
         tag: Annotated[str, Query(min_length=1, examples=["belt_speed"])],
         start: datetime | None = None, end: datetime | None = None,
         step: Annotated[float | None, Query(gt=0, le=86_400, description="bucket width in seconds: mean of "
@@ -193,6 +199,15 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
             raise HTTPException(422, "start is after end")
         if (start is not None and start.tzinfo is None) or (end is not None and end.tzinfo is None):
             raise HTTPException(422, "start and end need a UTC offset, e.g. 2026-01-01T06:00:00Z")
+        influx: InfluxHistory | None = getattr(request.app.state, APP_STATE_KEY, None)
+        if influx is not None:
+            try:
+                rows = await influx.query(asset_id, tag, start, end, step, MAX_POINTS)
+            except HistoryUnavailable as exc:
+                log.warning("history of %s.%s from the local ring: %s", asset_id, tag, exc)
+            else:
+                return History(asset=asset_id, tag=tag, store="influx", step_s=step,
+                               points=[HistoryPoint(ts=r.ts, value=r.value, count=r.count) for r in rows])
         samples = state.history.query(asset_id, tag, start, end)
         if step is None:
             points = [HistoryPoint(ts=s.ts, value=s.value) for s in samples[-MAX_POINTS:]]

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -149,15 +150,57 @@ class WsHub:
                 client.offer(text)
 
     def publish_readings(self, readings: Sequence[Reading]) -> None:
+        """One ``readings`` message per client whose filter selects something from the batch.
+
+        Cost stays near O(batch + clients) rather than O(batch x clients): readings are grouped by asset
+        once (asset-filtered clients look only at their assets), each reading is serialised once, and
+        clients whose selection is the same (same filter without down-sampling, or the same selected
+        readings) share one serialised message. ``sent_ts`` (Unix seconds) is when the hub got the batch,
+        so a client can measure fan-out latency; ``source_ts`` per reading is the PLC's (or poll) time.
+        """
         clients = self._topics.get("readings")
         if not clients or not readings:
             return
         now = asyncio.get_running_loop().time()
+        head = f'{{"type":"readings","sent_ts":{time.time():.6f},"readings":['
+        by_asset: dict[str, list[Reading]] | None = None
+        fragments: dict[int, str] = {}  # id(reading) -> its JSON, for this batch only
+        by_filter: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+        by_selection: dict[tuple[int, ...], str] = {}
+
+        def text_of(selected: list[Reading]) -> str:
+            parts = []
+            for r in selected:
+                fragment = fragments.get(id(r))
+                if fragment is None:
+                    fragment = fragments[id(r)] = dumps(reading_json(r))
+                parts.append(fragment)
+            return head + ",".join(parts) + "]}"
+
         for client in list(clients):
-            assert client.readings is not None
-            selected = client.readings.select(readings, now)
-            if selected:
-                client.offer(dumps({"type": "readings", "readings": [reading_json(r) for r in selected]}))
+            wanted = client.readings
+            assert wanted is not None
+            candidates: Sequence[Reading] = readings
+            if wanted.assets:
+                if by_asset is None:
+                    by_asset = {}
+                    for r in readings:
+                        by_asset.setdefault(r.asset, []).append(r)
+                candidates = [r for a in wanted.assets for r in by_asset.get(a, ())]
+            if wanted.min_interval_s <= 0:  # the selection depends on the filter alone
+                key = (wanted.assets, wanted.tags)
+                text = by_filter.get(key)
+                if text is None:
+                    selected = wanted.select(candidates, now)
+                    text = by_filter[key] = text_of(selected) if selected else ""
+            else:  # down-sampling state is per client
+                selected = wanted.select(candidates, now)
+                if not selected:
+                    continue
+                ids = tuple(id(r) for r in selected)
+                text = by_selection.get(ids) or by_selection.setdefault(ids, text_of(selected))
+            if text:
+                client.offer(text)
 
 
 async def accept(ws: WebSocket, auth: Authenticator, allow_query_token: bool) -> Principal | None:
