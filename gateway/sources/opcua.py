@@ -45,6 +45,8 @@ _HIERARCHICAL = ua.NodeId(cast(Any, ObjectIds.HierarchicalReferences))
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built
 _CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, UaError)
 
+READ_BACK_WINDOW_S = 2.0  # several PLC scans: long enough for a write to show, short enough to cost little
+
 
 @dataclass(frozen=True, slots=True)
 class OpcUaPoint:
@@ -112,7 +114,10 @@ class OpcUaSource(SourceBase):
         self._lock = asyncio.Lock()
         self._cleanup: set[asyncio.Task[None]] = set()  # detached disconnects, awaited by close()
         self._feed: SubscriptionFeed | None = None  # mode subscribe: the current connection's items
-        self._read_back: set[int] = set()  # written points read directly at the next read()
+        # Written points, read directly at every read() until the deadline: the PLC applies a write
+        # at its next scan, after the first read, and the subscription reports it only at its next
+        # publishing interval, too late for a command's read-back.
+        self._read_back: dict[int, float] = {}
         self._dropped_before = 0  # notifications dropped by feeds of earlier connections
 
     @property
@@ -345,9 +350,11 @@ class OpcUaSource(SourceBase):
     async def _read_back_values(self) -> list[tuple[int, ua.DataValue]]:
         """Current values of the points written since the last read. A command completes on its
         read-back, and a write of the value already there produces no data change at all."""
+        now = time.monotonic()
+        self._read_back = {i: until for i, until in self._read_back.items() if until > now}
         if not self._read_back:
             return []
-        indexes, self._read_back = sorted(self._read_back), set()
+        indexes = sorted(self._read_back)
         assert self._client is not None
         known = [(i, n) for i in indexes if (n := self._nodes[i]) is not None]
         nodes = [self._client.get_node(n) for _, n in known]
@@ -392,7 +399,7 @@ class OpcUaSource(SourceBase):
                 dv = ua.DataValue(ua.Variant(_coerce(value, variant_type), variant_type))
                 await node.write_attribute(AttributeIds.Value, dv)
                 if self.subscribed:
-                    self._read_back.add(self._by_tag[(asset, tag)])
+                    self._read_back[self._by_tag[(asset, tag)]] = time.monotonic() + READ_BACK_WINDOW_S
             except UaStatusCodeError as exc:
                 raise SourceError(f"source {self.name}: {asset}/{tag}: {exc}") from None
             except _CONNECTION_ERRORS as exc:
@@ -413,7 +420,11 @@ class OpcUaSource(SourceBase):
                 path = [ua.QualifiedName(name, ns) for name in point.browse_path[:-1]]
                 parent = await self._client.nodes.objects.get_child(path)
                 method = await parent.get_child(ua.QualifiedName(command, ns))
-                return await parent.call_method(method.nodeid, *args)
+                result = await parent.call_method(method.nodeid, *args)
+                if self.subscribed:  # the command's effect is read back like a write's
+                    until = time.monotonic() + READ_BACK_WINDOW_S
+                    self._read_back.update({i: until for i, p in enumerate(self.points) if p.ref.asset == asset})
+                return result
             except UaStatusCodeError as exc:
                 raise SourceError(f"source {self.name}: {asset}/{command}: {exc}") from None
             except _CONNECTION_ERRORS as exc:
