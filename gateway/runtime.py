@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from gateway.storage.db import Database
 
 log = logging.getLogger(__name__)
 
+STOP_STEP_S = 10  # the longest one shutdown step may take (a sink drains for 5 s of it)
 STALE_CHECK_S = 1.0  # how often alerts are evaluated without data, so stale-data rules fire
 
 
@@ -296,24 +298,42 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+def _bounded(stack: AsyncExitStack, what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Register a shutdown step that may take at most STOP_STEP_S, so SIGTERM always ends the
+    process; a step that overruns is named in the log instead of hanging the stop."""
+
+    async def step() -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(close(), STOP_STEP_S)
+        except TimeoutError:
+            log.warning("stop: %s did not finish within %.0f s; abandoned", what, STOP_STEP_S)
+        except Exception:
+            log.exception("stop: %s failed", what)
+        else:
+            log.debug("stop: %s took %.2f s", what, time.monotonic() - started)
+
+    stack.push_async_callback(step)
+
+
 async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = True) -> None:
     """Run until ``stop`` is set, then stop in reverse order of start."""
     config = gateway.config
     async with AsyncExitStack() as stack:
         for sink in gateway.sinks:
             await sink.start()
-            stack.push_async_callback(sink.close)
+            _bounded(stack, f"sink {sink.name}", sink.close)
         if gateway.alert_mqtt is not None:
             await gateway.alert_mqtt.start()
-            stack.push_async_callback(gateway.alert_mqtt.close)
-        stack.push_async_callback(gateway.edge.close)
+            _bounded(stack, "alert publisher", gateway.alert_mqtt.close)
+        _bounded(stack, "edge services", gateway.edge.close)
         admin = await gateway.edge.start()
         if admin is not None and admin.password is not None:
             # Generated once at first start and stored only as a hash: this is the one chance to see it.
             print(f"  first admin: user {admin.username!r} password {admin.password!r} "
                   "(shown once; set TWINEDGE_ADMIN_PASSWORD to choose it)", flush=True)
         gateway.snapshots.start()
-        stack.push_async_callback(gateway.snapshots.close)
+        _bounded(stack, "mine snapshots", gateway.snapshots.close)
         stack.push_async_callback(_cancel, asyncio.create_task(_check_stale(gateway), name="alerts-stale"))
         server: uvicorn.Server | None = None
         if config.api.enabled:
@@ -324,16 +344,18 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
             influx_history = history_reader(config.sinks.influx)  # None: history from the local ring
             if influx_history is not None:
                 setattr(app.state, APP_STATE_KEY, influx_history)
-                stack.push_async_callback(influx_history.close)
+                _bounded(stack, "history reader", influx_history.close)
             server = _EmbeddedServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
-                                                    log_level="warning", lifespan="off"))
+                                                    log_level="warning", lifespan="off",
+                                                    timeout_graceful_shutdown=STOP_STEP_S))
             api_task = asyncio.create_task(server.serve())
             while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn has no startup event
                 await asyncio.sleep(0.05)
             if api_task.done():
                 api_task.result()
                 raise OSError(f"the API could not listen on {config.api.host}:{config.api.port}")
-        await stack.enter_async_context(gateway.poller)
+        await gateway.poller.start()
+        _bounded(stack, "sources", gateway.poller.stop)
         if announce:
             for line in describe(gateway):
                 print(line, flush=True)
