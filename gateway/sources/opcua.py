@@ -45,6 +45,7 @@ _HIERARCHICAL = ua.NodeId(cast(Any, ObjectIds.HierarchicalReferences))
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built
 _CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, UaError)
 
+SESSION_TIMEOUT_MS = 600_000
 READ_BACK_WINDOW_S = 2.0  # several PLC scans: long enough for a write to show, short enough to cost little
 
 
@@ -138,6 +139,9 @@ class OpcUaSource(SourceBase):
         # longer than that interval (1 s by default): on a busy gateway that tore down healthy
         # subscriptions. A probe gets the same time as any other request instead.
         client = Client(self.endpoint, timeout=self.config.timeout_s, watchdog_intervall=self.config.timeout_s)
+        # asyncua asks for one hour and warns when a server revises it; ten minutes is what common
+        # servers (and ours) grant, and the session is kept alive by the watchdog anyway.
+        client.session_timeout = SESSION_TIMEOUT_MS
         client.name = client.description = f"TwinEdge gateway ({self.name})"
         sec = self.config.security
         if sec.policy != "None":
