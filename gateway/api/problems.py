@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,11 +18,23 @@ def problem(status: int, title: str, detail: str, instance: str, **extra: object
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+_RFC9110_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def _title(status: int) -> str:
+    """The standard reason phrase, e.g. 404 -> "Not Found"; RFC 9110's names where Python has older ones."""
+    if status in _RFC9110_PHRASES:
+        return _RFC9110_PHRASES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized", 403: "Forbidden"}
-        response = problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), request.url.path)
+        response = problem(exc.status_code, _title(exc.status_code), str(exc.detail), request.url.path)
         response.headers.update(exc.headers or {})  # keeps WWW-Authenticate on 401, Retry-After on 429
         return response
 
