@@ -45,23 +45,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devices.assets.base import Array, AssetModel, State
+from modbus_bench import Dense as StaticDense
+
+from devices.assets.base import State
 from devices.assets.registry import ASSET_TYPES
 from devices.clock import VirtualClock
 from devices.config import PlantConfig
 from devices.modbus import ModbusExposer
 from devices.plant import build_plcs
 from devices.process_image import ProcessImage
-from devices.tags import DataType, TagKind, TagSpec
 
 HOST = "127.0.0.1"
 SOURCES = Path(__file__).resolve().parent / "libmodbus"
@@ -71,22 +71,11 @@ REFERENCE_REGISTERS = 60_100
 SLACK_S = 60.0  # how long any child may outlive its planned work before it stops by itself
 
 
-class Dense(AssetModel):
-    """48 float32 measurements + 4 status registers: a fully mapped 100-register block."""
-
-    type_name: ClassVar[str] = "bench-dense"
-    tags: ClassVar[tuple[TagSpec, ...]] = tuple(
-        TagSpec(f"m{i:02d}", DataType.FLOAT32, TagKind.MEASUREMENT, "bench") for i in range(48)
-    )
-
-    def initial_state(self, count: int, rng: np.random.Generator) -> State:
-        return {spec.key: rng.random(count) for spec in self.tags}
+class Dense(StaticDense):
+    """modbus_bench's fully mapped 100-register block, with values changing every scan."""
 
     def step(self, state: State, dt: float, rng: np.random.Generator) -> State:
         return {key: values + dt for key, values in state.items()}
-
-    def outputs(self, state: State) -> Mapping[str, Array]:
-        return state
 
 
 # --- the TwinEdge server process ---------------------------------------------------------------

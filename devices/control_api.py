@@ -249,7 +249,7 @@ def create_control_app(plant: "Plant") -> FastAPI:
         exposer, _ = modbus_of(plc)
         if not (body.delay_ms or body.no_response or body.exception_code or body.drop_connections):
             raise HTTPException(422, "give delay_ms, no_response, exception_code or drop_connections")
-        exposer.inject(delay_ms=body.delay_ms, no_response=body.no_response, exception_code=body.exception_code,
+        exposer.faults.inject(delay_ms=body.delay_ms, no_response=body.no_response, exception_code=body.exception_code,
                        drop_connections=body.drop_connections, duration_s=body.duration_s)
         return modbus_faults_json(plc)
 
@@ -257,7 +257,7 @@ def create_control_app(plant: "Plant") -> FastAPI:
     async def clear_modbus_faults(plc: str) -> dict[str, Any]:
         exposer, schedule = modbus_of(plc)
         cleared = exposer.faults.current() is not None
-        exposer.clear_faults()
+        exposer.faults.clear()
         dropped = 0 if schedule is None else schedule.clear()
         return {"plc": plc, "cleared": cleared, "dropped": dropped}
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.common.configfile import format_path
+from gateway.common.configfile import ConfigError, format_path, read_text, validation_lines
 from gateway.sources.modbus_codec import Datatype, WordOrder, register_count
 from gateway.sources.modbus_planner import BIT_TABLES, Table
 
@@ -124,12 +124,8 @@ class Catalogue(CatalogueModel):
         raise KeyError(plc_id)
 
 
-class CatalogueError(Exception):
-    """Every problem found in one catalogue file, one line each (like ConfigError)."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
+class CatalogueError(ConfigError):
+    """Every problem found in one catalogue file, one line each."""
 
 
 def _check(catalogue: Catalogue) -> Iterator[tuple[tuple[str | int, ...], Any, str]]:
@@ -177,11 +173,7 @@ def parse_catalogue(data: Any, name: str = "<catalogue>") -> Catalogue:
     try:
         catalogue = Catalogue.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            value = "" if error["type"] == "missing" else f" = {error.get('input')!r:.80}"
-            lines.append(f"{name}: {format_path(tuple(error['loc']))}{value}: {error['msg']}")
-        raise CatalogueError(lines) from None
+        raise CatalogueError(validation_lines(exc, lambda loc: f"{name}: {format_path(loc)}")) from None
     problems = [f"{name}: {format_path(path)} = {value!r}: {msg}" for path, value, msg in _check(catalogue)]
     if problems:
         raise CatalogueError(problems)
@@ -192,11 +184,7 @@ def load_catalogue(path: Path | str) -> Catalogue:
     """Read and validate a catalogue file; raise CatalogueError naming the file and key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogueError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = json.loads(text)
+        data = json.loads(read_text(path, CatalogueError))
     except json.JSONDecodeError as exc:
         raise CatalogueError([f"{path}:{exc.lineno}:{exc.colno}: JSON syntax error: {exc.msg}"]) from None
     if isinstance(data, dict) and data.get("format") != FORMAT:

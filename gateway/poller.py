@@ -17,9 +17,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
+from gateway.common.lifecycle import Service
 from gateway.readings import Reading
 from gateway.sources.base import Source
 
@@ -50,8 +49,8 @@ class _Job:
     overrunning: bool = False
 
 
-class Poller:
-    """``add()`` sources, then ``async with poller:`` (or start/stop) runs one task per source."""
+class Poller(Service):
+    """``add()`` sources, then ``async with poller:`` (or start/close) runs one task per source."""
 
     def __init__(self, on_batch: OnBatch) -> None:
         self._on_batch = on_batch
@@ -87,7 +86,7 @@ class Poller:
             if job.task is None:
                 job.task = asyncio.create_task(self._run(job), name=f"poll:{job.source.name}")
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Cancel the poll tasks (a poll in flight is abandoned) and close every source."""
         self._running = False
         tasks = [job.task for job in self._jobs.values() if job.task is not None]
@@ -100,15 +99,6 @@ class Poller:
                 await job.source.close()
             except Exception:
                 log.exception("source %s: close failed", job.source.name)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _run(self, job: _Job) -> None:
         # Connecting is part of the first poll: read() reconnects by itself with its backoff.

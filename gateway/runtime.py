@@ -29,7 +29,6 @@ from gateway.alert_publisher import AlertMqttPublisher
 from gateway.alerts.store import AlertRecord
 from gateway.api.app import ApiParts, create_app
 from gateway.api.edge import EdgeServices
-from gateway.api.routes_commands import CommandOut
 from gateway.api.seed_routes import MineSnapshots
 from gateway.api.state import AssetInfo, EdgeState, RecentHistory, SourceStatus
 from gateway.api.ws import WsHub
@@ -254,7 +253,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             "acked_by": record.acked_by, "ack_comment": record.ack_comment}})
 
     def command_to_stream(record: CommandRecord) -> None:
-        hub.publish("commands", {"type": "command", "command": CommandOut.of(record).model_dump(mode="json")})
+        hub.publish("commands", {"type": "command", "command": record.as_json()})
 
     edge.alerts.subscribe(alert_to_streams)
     edge.alerts.subscribe(snapshots.on_alert)
@@ -355,7 +354,7 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
                 api_task.result()
                 raise OSError(f"the API could not listen on {config.api.host}:{config.api.port}")
         await gateway.poller.start()
-        _bounded(stack, "sources", gateway.poller.stop)
+        _bounded(stack, "sources", gateway.poller.close)
         if announce:
             for line in describe(gateway):
                 print(line, flush=True)

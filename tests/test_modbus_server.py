@@ -412,23 +412,23 @@ async def test_many_concurrent_clients(rig: Rig) -> None:
 
 async def test_fault_injection(rig: Rig) -> None:
     read = bytes.fromhex("04 0000 0001")
-    rig.exposer.inject(exception_code=6)
+    rig.exposer.faults.inject(exception_code=6)
     assert await rig.raw(read) == b"\x84\x06"
-    rig.exposer.inject(exception_code=4)
+    rig.exposer.faults.inject(exception_code=4)
     assert await rig.raw(read) == b"\x84\x04"
-    rig.exposer.clear_faults()
+    rig.exposer.faults.clear()
     assert (await rig.raw(read))[0] == 0x04
 
-    rig.exposer.inject(delay_ms=150)
+    rig.exposer.faults.inject(delay_ms=150)
     started = time.monotonic()
     assert (await rig.raw(read))[0] == 0x04
     assert time.monotonic() - started >= 0.15
-    rig.exposer.clear_faults()
+    rig.exposer.faults.clear()
 
-    rig.exposer.inject(no_response=True)
+    rig.exposer.faults.inject(no_response=True)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(rig.raw(read), 0.3)
-    rig.exposer.clear_faults()
+    rig.exposer.faults.clear()
 
     reader, writer = await asyncio.open_connection(rig.host, rig.port)
 
@@ -436,7 +436,7 @@ async def test_fault_injection(rig: Rig) -> None:
         return rig.exposer.server.connection_count >= 1
 
     await _until(connected, "the connection to be registered")
-    rig.exposer.inject(drop_connections=True, duration_s=0.3)
+    rig.exposer.faults.inject(drop_connections=True, duration_s=0.3)
     assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""  # the open connection is reset
     writer.close()
     with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
@@ -551,7 +551,7 @@ async def test_two_frames_in_one_packet(rig: Rig) -> None:
 
 
 async def test_half_closed_client_still_gets_its_answers(rig: Rig) -> None:
-    rig.exposer.inject(delay_ms=50)
+    rig.exposer.faults.inject(delay_ms=50)
     reader, writer = await asyncio.open_connection(rig.host, rig.port)
     try:
         writer.write(_frame(1) + _frame(2))
@@ -563,7 +563,7 @@ async def test_half_closed_client_still_gets_its_answers(rig: Rig) -> None:
 
 
 async def test_delay_keeps_order_without_blocking_other_connections(rig: Rig) -> None:
-    rig.exposer.inject(delay_ms=200)
+    rig.exposer.faults.inject(delay_ms=200)
     slow_reader, slow_writer = await asyncio.open_connection(rig.host, rig.port)
     other_reader, other_writer = await asyncio.open_connection(rig.host, rig.port)
     done: list[str] = []
@@ -693,7 +693,7 @@ async def test_connections_over_the_limit_are_refused(rig: Rig) -> None:
 
 
 async def test_close_cancels_a_request_parked_in_a_delay(rig: Rig) -> None:
-    rig.exposer.inject(delay_ms=300)
+    rig.exposer.faults.inject(delay_ms=300)
     _, level, _ = rig.exposer.register_map.asset("gadget").address("level")
     _, writer = await asyncio.open_connection(rig.host, rig.port)
     writer.write(_frame(1, struct.pack(">BHH", 6, level, 250)))

@@ -362,6 +362,6 @@ async def test_modbus_faults_give_bad_quality_and_recover(
                 await asyncio.sleep(0.1)  # the Poller's pace
 
         await read_until(lambda q: q == {GOOD}, "good before the fault")
-        exposer.inject(duration_s=2.0, **fault)
+        exposer.faults.inject(duration_s=2.0, **fault)
         await read_until(lambda q: bool(q) and q <= qualities, f"bad quality {sorted(map(hex, qualities))}")
         await read_until(lambda q: q == {GOOD}, "recovery by itself after the fault ends")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,12 +14,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.catalogue import parse_catalogue
 from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
-from gateway.readings import Reading
 from gateway.sources import ModbusSource, ModbusSourceConfig, SourceError
 from gateway.sources.modbus import BAD_CONFIGURATION_ERROR
 from tests.fixtures.servers import free_port
-
-DEADLINE_S = 10.0
+from tests.source_support import by_key, until
 
 # Input registers: 123.456 in all four word orders (conventions §2.5), then other types.
 INPUT_REGISTERS = [
@@ -153,19 +150,6 @@ def config(port: int, **extra: Any) -> ModbusSourceConfig:
         "readable_blocks": [{"table": "input_register", "address": 0, "count": 19}],
     }
     return ModbusSourceConfig.model_validate(base | extra)
-
-
-def by_key(readings: list[Reading]) -> dict[str, Reading]:
-    return {r.tag: r for r in readings}
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, deadline_s: float = DEADLINE_S) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"not within {deadline_s}s: {what}")
 
 
 async def test_reads_every_datatype_and_word_order(server: ModbusTestServer) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,13 +11,12 @@ from asyncua import Server, ua
 
 from gateway.catalogue import parse_catalogue
 from gateway.common.status import BAD_NO_COMMUNICATION, GOOD
-from gateway.readings import Reading
 from gateway.sources import OpcUaSource, OpcUaSourceConfig, SourceError
 from gateway.sources.opcua import BAD_NODE_ID_UNKNOWN
 from tests.fixtures.servers import free_port
+from tests.source_support import by_key, until
 
 URI = "urn:twinedge:plant"
-DEADLINE_S = 10.0
 PATH = ("site1", "area1", "plc1")
 
 # key -> (variant type, value); the test server makes one variable per entry under asset "pump1"
@@ -124,19 +121,6 @@ def catalogue_for(endpoint: str) -> Any:
 def config(**extra: Any) -> OpcUaSourceConfig:
     base = {"name": "plc1", "plc": "plc1", "timeout_s": 2.0, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5}
     return OpcUaSourceConfig.model_validate(base | extra)
-
-
-def by_key(readings: list[Reading]) -> dict[str, Reading]:
-    return {r.tag: r for r in readings}
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, deadline_s: float = DEADLINE_S) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {deadline_s}s: {what}")
 
 
 def values_are(source: OpcUaSource, expected: dict[str, Any]) -> Callable[[], Awaitable[bool]]:

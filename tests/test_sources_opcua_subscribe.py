@@ -21,14 +21,13 @@ from gateway.readings import Reading
 from gateway.sources import OpcUaSource, OpcUaSourceConfig
 from gateway.sources.opcua import BAD_NODE_ID_UNKNOWN
 from tests.fixtures.plant import small_plant_config
+from tests.source_support import by_key, until
 from tests.test_sources_opcua import (
     EXPECTED,
     VARIABLES,
     OpcUaTestServer,
-    by_key,
     catalogue_for,
     server,  # noqa: F401 - the fixture
-    until,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

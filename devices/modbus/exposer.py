@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib import metadata
-from types import TracebackType
 
 from devices.config import PlantSettings, PlcConfig
 from devices.modbus.config import ModbusOptions
@@ -14,6 +13,7 @@ from devices.modbus.register_map import RegisterMap, register_map_for
 from devices.modbus.server import ModbusTcpServer
 from devices.plc import Plc
 from devices.process_image import ProcessImage
+from gateway.common.lifecycle import Service
 
 
 def _revision() -> str:
@@ -23,13 +23,14 @@ def _revision() -> str:
         return "0.0"
 
 
-class ModbusExposer:
+class ModbusExposer(Service):
     """Publish ``plc``'s process image after each scan; turn client writes into ``plc`` writes.
 
     The constructor only builds the register map (pure); ``start()`` binds
     ``settings.bind_host:plc_config.modbus.port`` (``port`` overrides it; 0 picks a free port, see
     ``address``). Accepted writes are queued with ``plc.submit_write``/``submit_command`` and take
-    effect at the PLC's next scan, after which a read shows them.
+    effect at the PLC's next scan, after which a read shows them. ``faults`` makes the endpoint
+    misbehave on demand (see FaultInjector.inject).
     """
 
     def __init__(
@@ -91,36 +92,6 @@ class ModbusExposer:
     async def close(self) -> None:
         self._listening = False
         await self._server.close()
-
-    async def __aenter__(self) -> ModbusExposer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    def inject(
-        self,
-        *,
-        delay_ms: float = 0.0,
-        no_response: bool = False,
-        exception_code: int | None = None,
-        drop_connections: bool = False,
-        duration_s: float | None = None,
-    ) -> None:
-        """Make this PLC misbehave; see FaultInjector.inject."""
-        self.faults.inject(
-            delay_ms=delay_ms,
-            no_response=no_response,
-            exception_code=exception_code,
-            drop_connections=drop_connections,
-            duration_s=duration_s,
-        )
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
 
     def _on_scan(self, image: ProcessImage) -> None:
         if self._listening:

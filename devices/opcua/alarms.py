@@ -38,7 +38,6 @@ What is not implemented (asyncua has no server-side condition state machine, iss
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import uuid
@@ -53,6 +52,7 @@ from asyncua.server.subscription_service import SubscriptionService
 
 from devices.opcua._ua import ObjectIds, nodeid, status
 from devices.opcua.address_space import GroupNodes, TagNodes
+from devices.opcua.background import BackgroundDrain
 from devices.opcua.typemodel import alarm_tags
 from devices.process_image import ProcessImage
 from devices.tags import TagSpec
@@ -94,10 +94,11 @@ class Transition:
     time: datetime
 
 
-class AlarmMonitor:
+class AlarmMonitor(BackgroundDrain):
     """Finds alarm transitions after each scan and sends them as events from a task."""
 
     def __init__(self, groups: list[GroupNodes], subscriptions: SubscriptionService, namespace: int) -> None:
+        super().__init__("opcua-alarms")
         self._subscriptions = subscriptions
         self._namespace = namespace
         self._watches: list[_Watch] = []
@@ -110,23 +111,11 @@ class AlarmMonitor:
                     watch.state = np.zeros(len(group.asset_ids), np.int8)
                     self._watches.append(watch)
         self._pending: list[Transition] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.sent = 0
 
     @property
     def active(self) -> int:
         return sum(int(np.count_nonzero(watch.state)) for watch in self._watches)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._send_loop(), name="opcua-alarms")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     # --- detection (synchronous, in the scan) ------------------------------------------------------
 
@@ -157,16 +146,13 @@ class AlarmMonitor:
 
     # --- events (asynchronous) ---------------------------------------------------------------------
 
-    async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pending, self._pending = self._pending, []
-            for transition in pending:
-                try:
-                    await self._send(self.event(transition))
-                except Exception:  # one bad event must not stop the alarm stream
-                    log.exception("OPC UA alarm event for %s failed", transition.watch.slot.spec.key)
+    async def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        for transition in pending:
+            try:
+                await self._send(self.event(transition))
+            except Exception:  # one bad event must not stop the alarm stream
+                log.exception("OPC UA alarm event for %s failed", transition.watch.slot.spec.key)
 
     async def _send(self, event: Any) -> None:
         at_asset = copy.copy(event)

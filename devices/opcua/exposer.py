@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
 
 from asyncua.common.callback import CallbackType
 
@@ -47,13 +46,14 @@ from devices.opcua.security import (
 from devices.opcua.writes import PlcAttributeService
 from devices.plc import Plc
 from devices.process_image import ProcessImage
+from gateway.common.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
 REFRESH_EVENT_SEVERITY = 1
 
 
-class OpcUaExposer:
+class OpcUaExposer(Service):
     """Serves one PLC over OPC UA. The constructor does no I/O; ``close()`` is idempotent."""
 
     def __init__(
@@ -121,15 +121,6 @@ class OpcUaExposer:
         if self._publisher is None:
             raise RuntimeError("the OPC UA server is not running")
         return self._publisher
-
-    async def __aenter__(self) -> OpcUaExposer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         if self._server is not None:

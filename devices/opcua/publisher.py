@@ -14,7 +14,6 @@ timestamp for that value instance never changes".
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from devices.opcua import values
 from devices.opcua._ua import datavalue as make_datavalue
 from devices.opcua._ua import status as make_status
 from devices.opcua.address_space import GroupNodes, TagNodes
+from devices.opcua.background import BackgroundDrain
 from devices.opcua.history import PlantHistory
 from devices.process_image import ProcessImage
 from devices.tags import DataType
@@ -50,7 +50,7 @@ class _TagPlan:
     last_status: np.ndarray[Any, Any] | None = None
 
 
-class ValuePublisher:
+class ValuePublisher(BackgroundDrain):
     """Keeps the variables of one PLC equal to its latest process image.
 
     ``history`` receives every written DataValue of historized variables (``TagNodes.history``);
@@ -60,6 +60,7 @@ class ValuePublisher:
     def __init__(
         self, groups: list[GroupNodes], history: PlantHistory | None = None, alarms: AlarmMonitor | None = None
     ) -> None:
+        super().__init__("opcua-notify")
         self._groups = groups
         self._history = history
         self._alarms = alarms
@@ -75,24 +76,10 @@ class ValuePublisher:
         ]
         self._status_cache: dict[int, ua.StatusCode] = {}
         self._pending: dict[ua.NodeId, tuple[AttributeValue, ua.DataValue]] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.scans = 0
         self.writes = 0  # variables written, over all scans
         self.coalesced = 0  # notifications replaced by a newer value before the notifier ran
         self._layout_ok: bool | None = None
-
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._notify_loop(), name="opcua-notify")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     # --- the scan listener -------------------------------------------------------------------------
 
@@ -170,21 +157,18 @@ class ValuePublisher:
 
     # --- notifications ----------------------------------------------------------------------------
 
-    async def _notify_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pending, self._pending = self._pending, {}
-            for attribute, datavalue in pending.values():
-                for handle, callback in list(attribute.datachange_callbacks.items()):
-                    try:
-                        service = getattr(callback, "__self__", None)
-                        if type(service) is MonitoredItemService and _is_asyncua_datachange(callback):
-                            await _notify_monitored_item(service, handle, datavalue)
-                        else:
-                            await callback(handle, datavalue)
-                    except Exception:  # one broken subscription must not stop the others
-                        log.exception("OPC UA data-change callback %s failed", handle)
+    async def _drain(self) -> None:
+        pending, self._pending = self._pending, {}
+        for attribute, datavalue in pending.values():
+            for handle, callback in list(attribute.datachange_callbacks.items()):
+                try:
+                    service = getattr(callback, "__self__", None)
+                    if type(service) is MonitoredItemService and _is_asyncua_datachange(callback):
+                        await _notify_monitored_item(service, handle, datavalue)
+                    else:
+                        await callback(handle, datavalue)
+                except Exception:  # one broken subscription must not stop the others
+                    log.exception("OPC UA data-change callback %s failed", handle)
 
 
 def _is_asyncua_datachange(callback: Any) -> bool:

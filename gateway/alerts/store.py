@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.alerts.rules import AlertEvent, AlertRuleConfig
 from gateway.storage.db import Database
-from gateway.storage.tables import alert_history, alert_rules, alerts
+from gateway.storage.tables import alert_history, alert_rules, alerts, page
 
+AlertState = Literal["active", "acknowledged", "cleared"]
 OPEN_STATES = ("active", "acknowledged")
 
 
@@ -32,12 +34,14 @@ class AlertConflict(Exception):
 
 @dataclass(frozen=True)
 class AlertRecord:
+    """An alert as stored, and as the API shows it."""
+
     id: int
     rule_id: str
     asset: str
     tag: str | None
-    severity: str
-    state: str
+    severity: Annotated[str, Field(examples=["warning"])]
+    state: AlertState
     message: str
     value: Any
     raised_at: datetime
@@ -134,13 +138,7 @@ class AlertStore:
     async def list_alerts(self, *, open_only: bool, asset: str | None = None, limit: int = 100,
                    before_id: int | None = None) -> list[AlertRecord]:
         """Newest first; ``open_only`` gives active and acknowledged alerts, else every state."""
-        stmt = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
-        if open_only:
-            stmt = stmt.where(alerts.c.state.in_(OPEN_STATES))
-        if asset is not None:
-            stmt = stmt.where(alerts.c.asset == asset)
-        if before_id is not None:
-            stmt = stmt.where(alerts.c.id < before_id)
+        stmt = page(alerts, limit=limit, before_id=before_id, states=OPEN_STATES if open_only else (), asset=asset)
         return await self.db.run(lambda conn: [AlertRecord(**row._mapping) for row in conn.execute(stmt)])
 
     async def open_keys(self) -> list[tuple[str, str]]:

@@ -4,8 +4,7 @@
 # parameter types, which refer to closure variables a string annotation cannot see.
 
 from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -13,43 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.alerts.rules import AlertRuleConfig
 from gateway.alerts.service import AlertService, RuleNotFound, RuleReadOnly
-from gateway.alerts.store import AlertConflict, AlertNotFound, AlertRecord
+from gateway.alerts.store import AlertConflict, AlertNotFound, AlertRecord, AlertTransition
 from gateway.api.auth import Authenticator, Principal, client_ip
 from gateway.storage.audit import Actor
 
 MAX_PAGE = 500
 
 
-class AlertOut(BaseModel):
-    id: int
-    rule_id: str
-    asset: str
-    tag: str | None
-    severity: str = Field(examples=["warning"])
-    state: Literal["active", "acknowledged", "cleared"]
-    message: str
-    value: Any
-    raised_at: datetime
-    acked_by: str | None
-    acked_at: datetime | None
-    ack_comment: str | None
-    cleared_at: datetime | None
-
-    @classmethod
-    def of(cls, record: AlertRecord) -> "AlertOut":
-        return cls(**asdict(record))
-
-
-class TransitionOut(BaseModel):
-    ts: datetime
-    state: str
-    actor: str | None
-    comment: str | None
-    value: Any
-
-
-class AlertDetail(AlertOut):
-    history: list[TransitionOut]
+@dataclass(frozen=True)
+class AlertDetail(AlertRecord):
+    history: list[AlertTransition]
 
 
 class AckBody(BaseModel):
@@ -81,17 +53,17 @@ def build_alerts_router(
     Admin = Annotated[Principal, Depends(auth.require("admin"))]
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "no such alert or rule"}}
 
-    @router.get("/alerts", response_model=list[AlertOut], summary="Open alerts, or the history of all")
+    @router.get("/alerts", response_model=list[AlertRecord], summary="Open alerts, or the history of all")
     async def list_alerts(
         _: Viewer,
         state: Annotated[Literal["open", "all"], Query(description="open: active + acknowledged")] = "open",
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         before_id: Annotated[int | None, Query(description="page: smallest id of the previous page")] = None,
-    ) -> list[AlertOut]:
+    ) -> list[AlertRecord]:
         records = await service.store.list_alerts(open_only=state == "open", asset=asset, limit=limit,
                                                   before_id=before_id)
-        return [AlertOut.of(r) for r in records]
+        return records
 
     @router.get("/alerts/{alert_id}", response_model=AlertDetail, responses=not_found,
                 summary="One alert with its transitions")
@@ -100,18 +72,18 @@ def build_alerts_router(
             record, history = await service.store.get(alert_id)
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
-        return AlertDetail(**asdict(record), history=[TransitionOut(**asdict(t)) for t in history])
+        return AlertDetail(**asdict(record), history=history)
 
-    @router.post("/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge (operator)",
+    @router.post("/alerts/{alert_id}/ack", response_model=AlertRecord, summary="Acknowledge (operator)",
                  responses={**not_found, 409: {"description": "not active"}})
-    async def acknowledge(alert_id: int, body: AckBody, caller: Operator, request: Request) -> AlertOut:
+    async def acknowledge(alert_id: int, body: AckBody, caller: Operator, request: Request) -> AlertRecord:
         try:
             record = await service.acknowledge(alert_id, actor_of(caller, request), body.comment)
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except AlertConflict as exc:
             raise HTTPException(409, str(exc)) from None
-        return AlertOut.of(record)
+        return record
 
     @router.get("/alert-rules", response_model=list[RuleOut], summary="Every rule")
     async def list_rules(_: Viewer) -> list[RuleOut]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from gateway.api.auth import Authenticator, Principal, client_ip
 from gateway.commands.queue import CommandConflict, CommandQueue, CommandRejected
@@ -22,28 +22,6 @@ from gateway.commands.store import CommandRecord, CommandRequest, CommandState, 
 from gateway.storage.audit import Actor, AuditLog
 
 MAX_PAGE = 500
-
-
-class CommandOut(BaseModel):
-    id: int
-    asset: str
-    command: str
-    tag: str | None
-    value: Any
-    args: list[Any]
-    state: CommandState
-    reason: str | None = Field(description="why it failed, expired or was cancelled")
-    created_by: str
-    channel: str
-    idempotency_key: str | None
-    created_at: datetime
-    expires_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, record: CommandRecord) -> "CommandOut":
-        return cls(**asdict(record))
 
 
 class AuditOut(BaseModel):
@@ -74,7 +52,7 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
     }
 
     @router.post(
-        "/api/v1/commands", response_model=CommandOut, status_code=201, responses=errors,
+        "/api/v1/commands", response_model=CommandRecord, status_code=201, responses=errors,
         summary="Queue a tag write or a named command (operator)",
         description="Validated against the tag catalogue before it is accepted. Repeating a request with "
                     "the same Idempotency-Key returns the original command (200, Idempotent-Replayed: true).",
@@ -83,7 +61,7 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
         body: CommandRequest, caller: Operator, request: Request, response: Response,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
         = None,
-    ) -> CommandOut:
+    ) -> CommandRecord:
         actor = Actor(caller.sub, (caller.role,), client_ip(request), "rest")
         try:
             record, replayed = await queue.submit(body, actor, idempotency_key)
@@ -95,45 +73,45 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
             response.status_code = 200
             response.headers["Idempotent-Replayed"] = "true"
         response.headers["Location"] = f"/api/v1/commands/{record.id}"
-        return CommandOut.of(record)
+        return record
 
-    @router.get("/api/v1/commands", response_model=list[CommandOut], summary="Commands, newest first")
+    @router.get("/api/v1/commands", response_model=list[CommandRecord], summary="Commands, newest first")
     async def list_commands(
         _: Viewer,
         state: Annotated[list[CommandState] | None, Query(description="repeat for several")] = None,
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         before_id: int | None = None,
-    ) -> list[CommandOut]:
+    ) -> list[CommandRecord]:
         records = await queue.list_commands(states=tuple(state or ()), asset=asset, limit=limit,
                                             before_id=before_id)
-        return [CommandOut.of(r) for r in records]
+        return records
 
-    @router.get("/api/v1/commands/{command_id}", response_model=CommandOut,
+    @router.get("/api/v1/commands/{command_id}", response_model=CommandRecord,
                 responses={404: {"description": "no such command"}})
-    async def get_command(command_id: int, _: Viewer) -> CommandOut:
+    async def get_command(command_id: int, _: Viewer) -> CommandRecord:
         record = await queue.get(command_id)
         if record is None:
             raise HTTPException(404, f"no command {command_id}")
-        return CommandOut.of(record)
+        return record
 
-    @router.post("/api/v1/commands/{command_id}/cancel", response_model=CommandOut,
+    @router.post("/api/v1/commands/{command_id}/cancel", response_model=CommandRecord,
                  summary="Cancel a command still PENDING (operator)",
                  responses={404: {"description": "no such command"}, 409: {"description": "not pending"}})
-    async def cancel(command_id: int, caller: Operator, request: Request) -> CommandOut:
+    async def cancel(command_id: int, caller: Operator, request: Request) -> CommandRecord:
         try:
             record = await queue.cancel(command_id, Actor(caller.sub, (caller.role,), client_ip(request)))
         except KeyError:
             raise HTTPException(404, f"no command {command_id}") from None
         except CommandConflict as exc:
             raise HTTPException(409, str(exc)) from None
-        return CommandOut.of(record)
+        return record
 
-    @router.get("/commands/pending", response_model=list[CommandOut], tags=["seed routes"],
+    @router.get("/commands/pending", response_model=list[CommandRecord], tags=["seed routes"],
                 summary="Seed route: commands waiting to execute, oldest first")
-    async def pending(_: Viewer) -> list[CommandOut]:
+    async def pending(_: Viewer) -> list[CommandRecord]:
         records = await queue.list_commands(states=("PENDING",), limit=MAX_PAGE)
-        return [CommandOut.of(r) for r in reversed(records)]
+        return records[::-1]
 
     @router.get("/api/v1/audit", response_model=list[AuditOut], tags=["audit"],
                 summary="The audit log, newest first (admin)")

@@ -33,11 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.alerts.store import AlertRecord
 from gateway.api.auth import Authenticator, Principal, client_ip
-from gateway.api.routes_commands import CommandOut
 from gateway.api.state import EdgeState
 from gateway.api.ws import WsClient, WsHub, accept, every, periodic, serve_client
 from gateway.commands.queue import CommandQueue, CommandRejected
-from gateway.commands.store import CommandRequest, IdempotencyConflict
+from gateway.commands.store import CommandRecord, CommandRequest, IdempotencyConflict
 from gateway.encoders.uns_json import format_ts, json_value
 from gateway.storage.audit import Actor
 
@@ -168,7 +167,7 @@ def build_seed_router(
         if info is None or (type_name is not None and info.type != type_name):
             raise HTTPException(404, f"no {type_name or 'machine'} {asset_id!r}")
 
-    async def submit(request: CommandRequest, caller: Principal, http: Request) -> CommandOut:
+    async def submit(request: CommandRequest, caller: Principal, http: Request) -> CommandRecord:
         actor = Actor(caller.sub, (caller.role,), client_ip(http), "rest")
         try:
             record, _ = await queue.submit(request, actor)
@@ -176,7 +175,7 @@ def build_seed_router(
             raise HTTPException(exc.status, exc.reason) from None
         except IdempotencyConflict as exc:  # pragma: no cover - no key on these routes
             raise HTTPException(409, str(exc)) from None
-        return CommandOut.of(record)
+        return record
 
     @router.get("/machines", summary="Seed: every machine with its state and whether it is online")
     async def machines(_: Viewer) -> list[dict[str, Any]]:
@@ -225,9 +224,9 @@ def build_seed_router(
         items = list(snapshots.ring)[-limit:]
         return {"count": len(items), "period_s": snapshots.period_s, "snapshots": items}
 
-    @router.post("/order/process", status_code=202, response_model=CommandOut,
+    @router.post("/order/process", status_code=202, response_model=CommandRecord,
                  summary="Seed: a warehouse process order (operator); picks a Raw slot when none is given")
-    async def process_order(body: ProcessOrder, caller: Operator, http: Request) -> CommandOut:
+    async def process_order(body: ProcessOrder, caller: Operator, http: Request) -> CommandRecord:
         warehouses = state.assets_of_type("warehouse")
         if body.warehouse is not None:
             known(body.warehouse, "warehouse")
@@ -250,9 +249,9 @@ def build_seed_router(
         known(lathe_id, "lathe")
         return machine_data(lathe_id)
 
-    @router.post("/simulator/start", status_code=202, response_model=CommandOut,
+    @router.post("/simulator/start", status_code=202, response_model=CommandRecord,
                  summary="Seed: start a lathe job (operator): command start_job")
-    async def start_job(body: StartJob, caller: Operator, http: Request) -> CommandOut:
+    async def start_job(body: StartJob, caller: Operator, http: Request) -> CommandRecord:
         lathes = state.assets_of_type("lathe")
         if body.lathe_id is not None:
             known(body.lathe_id, "lathe")

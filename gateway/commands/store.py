@@ -12,15 +12,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.readings import TagValue
 from gateway.storage.audit import Actor, AuditLog
-from gateway.storage.tables import commands, idempotency_keys
+from gateway.storage.tables import commands, idempotency_keys, page
 
 CommandState = Literal["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED"]
 TERMINAL: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "EXPIRED"})
@@ -59,6 +59,8 @@ class CommandRequest(BaseModel):
 
 @dataclass(frozen=True)
 class CommandRecord:
+    """A command as stored, and as the API and the ``commands`` stream show it."""
+
     id: int
     asset: str
     command: str
@@ -66,7 +68,7 @@ class CommandRecord:
     value: Any
     args: list[Any]
     state: CommandState
-    reason: str | None
+    reason: Annotated[str | None, Field(description="why it failed, expired or was cancelled")]
     created_by: str
     channel: str
     idempotency_key: str | None
@@ -84,6 +86,14 @@ class CommandRecord:
         if self.tag is not None:
             target["signal"] = self.tag
         return target
+
+    def as_json(self) -> dict[str, Any]:
+        """What the API returns for this command."""
+        json_view: dict[str, Any] = _RECORD_ADAPTER.dump_python(self, mode="json")
+        return json_view
+
+
+_RECORD_ADAPTER = TypeAdapter(CommandRecord)
 
 
 class IdempotencyConflict(Exception):
@@ -185,11 +195,5 @@ def list_sync(
     conn: Connection, *, states: Sequence[str] = (), asset: str | None = None, limit: int = 100,
     before_id: int | None = None, oldest_first: bool = False,
 ) -> list[CommandRecord]:
-    stmt = select(commands).order_by(commands.c.id if oldest_first else commands.c.id.desc()).limit(limit)
-    if states:
-        stmt = stmt.where(commands.c.state.in_(states))
-    if asset is not None:
-        stmt = stmt.where(commands.c.asset == asset)
-    if before_id is not None:
-        stmt = stmt.where(commands.c.id < before_id)
+    stmt = page(commands, limit=limit, before_id=before_id, states=states, asset=asset, oldest_first=oldest_first)
     return [CommandRecord(**row._mapping) for row in conn.execute(stmt)]

@@ -7,7 +7,7 @@ A value that came from an environment variable names the variable instead of the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def read_text(path: Path, error: type[ConfigError] = ConfigError) -> str:
+    """The file's text; ``error`` naming the file when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def validation_lines(exc: ValidationError, origin: Callable[[KeyPath], str]) -> list[str]:
+    """One line per validation error: where (``origin`` of the key path), the bad value, the problem."""
+    lines = []
+    for error in exc.errors():
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        value = "" if error["type"] == "missing" else f" = {_short(error.get('input'))}"
+        lines.append(f"{origin(tuple(error['loc']))}{value}: {message}")
+    return lines
+
+
 def _set_path(tree: dict[str, Any], path: KeyPath, value: Any) -> None:
     node: Any = tree
     for part in path[:-1]:
@@ -75,10 +93,7 @@ def load_config(
 ) -> M:
     """Read, override from ``env``, validate and cross-check; raise ConfigError with every problem."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    text = read_text(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -106,13 +121,7 @@ def load_config(
     try:
         config = model.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            value = "" if error["type"] == "missing" else f" = {_short(error.get('input'))}"
-            lines.append(f"{origin(loc)}{value}: {message}")
-        raise ConfigError(lines) from None
+        raise ConfigError(validation_lines(exc, origin)) from None
 
     check = getattr(config, "check", None)
     if callable(check):

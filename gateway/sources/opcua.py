@@ -15,24 +15,23 @@ node at each call. In both modes a source that is down yields BadNoCommunication
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.common.status import BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD_TIMEOUT
 from gateway.readings import Reading, TagValue
-from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, catalogue_plc, utcnow
+from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, utcnow
 from gateway.sources.config import OpcUaSourceConfig
+from gateway.sources.opcua_connect import new_client, quiet_disconnect
+from gateway.sources.opcua_points import OpcUaPoint, build_points, coerce_value, plain_value, resolve_nodes
 from gateway.sources.opcua_subscription import FeedSettings, SubscriptionFeed, bad_value
 
 if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
@@ -40,65 +39,10 @@ if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type refe
 
 log = logging.getLogger(__name__)
 
-_OBJECTS_FOLDER = ua.NodeId(cast(Any, ObjectIds.ObjectsFolder))
-_HIERARCHICAL = ua.NodeId(cast(Any, ObjectIds.HierarchicalReferences))
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built
 _CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, UaError)
 
-SESSION_TIMEOUT_MS = 600_000
 READ_BACK_WINDOW_S = 2.0  # several PLC scans: long enough for a write to show, short enough to cost little
-
-
-@dataclass(frozen=True, slots=True)
-class OpcUaPoint:
-    ref: TagRef
-    browse_path: tuple[str, ...] | None = None
-    namespace_uri: str | None = None
-    node_id: str | None = None
-    writable: bool = False
-
-
-def build_points(
-    config: OpcUaSourceConfig, catalogue: Catalogue | None = None
-) -> tuple[str, list[OpcUaPoint]]:
-    """Endpoint and points of a source, from its catalogue PLC or its hand-listed tags."""
-    if config.plc is None:
-        assert config.endpoint is not None  # checked by the config model
-        points = [
-            OpcUaPoint(
-                TagRef(t.asset, t.key, t.unit, config.site, config.area),
-                t.browse_path,
-                t.namespace_uri or config.namespace_uri,
-                t.node_id,
-                writable=True,  # the server decides; a refusal comes back as BadNotWritable
-            )
-            for t in config.tags
-        ]
-        return config.endpoint, points
-    plc = catalogue_plc(config.name, config.plc, catalogue)
-    if plc.opcua is None:
-        raise SourceError(f"source {config.name}: plc {config.plc!r} has no OPC UA endpoint")
-    points = [
-        OpcUaPoint(
-            TagRef(asset.id, tag.key, tag.unit, plc.site, plc.area),
-            tag.opcua.browse_path,
-            plc.opcua.namespace_uri,
-            writable=tag.access == "rw",
-        )
-        for asset in plc.assets
-        for tag in asset.tags
-        if tag.opcua is not None
-    ]
-    return config.endpoint or plc.opcua.endpoint, points
-
-
-def _plain(value: Any) -> TagValue | None:
-    """Variant payloads the pipeline cannot carry (LocalizedText, arrays...) become text."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, ua.LocalizedText):
-        return value.Text or ""
-    return str(value)
 
 
 class OpcUaSource(SourceBase):
@@ -134,36 +78,16 @@ class OpcUaSource(SourceBase):
         async with self._lock:
             await self._connect_locked()
 
-    async def _new_client(self) -> Client:
-        # asyncua probes the server every watchdog interval and drops the link when a probe takes
-        # longer than that interval (1 s by default): on a busy gateway that tore down healthy
-        # subscriptions. A probe gets the same time as any other request instead.
-        client = Client(self.endpoint, timeout=self.config.timeout_s, watchdog_intervall=self.config.timeout_s)
-        # asyncua asks for one hour and warns when a server revises it; ten minutes is what common
-        # servers (and ours) grant, and the session is kept alive by the watchdog anyway.
-        client.session_timeout = SESSION_TIMEOUT_MS
-        client.name = client.description = f"TwinEdge gateway ({self.name})"
-        sec = self.config.security
-        if sec.policy != "None":
-            parts = [sec.policy, sec.mode, sec.certificate, sec.private_key]
-            if sec.server_certificate:
-                parts.append(sec.server_certificate)
-            await client.set_security_string(",".join(str(p) for p in parts))
-        if self.config.username is not None and self.config.password is not None:
-            client.set_user(self.config.username)
-            client.set_password(self.config.password.get_secret_value())
-        return client
-
     async def _connect_locked(self) -> bool:
         if self._client is not None:
             return True
         self._closed = False
-        client = await self._new_client()
+        client = await new_client(self.endpoint, self.config)
         try:
             # The whole handshake is bounded: a half-open endpoint must not stall the poller.
             await asyncio.wait_for(client.connect(auto_reconnect=False), self.config.timeout_s * 2)
         except Exception as exc:  # any handshake failure (socket, security, session) means down
-            await self._quiet_disconnect(client)
+            await quiet_disconnect(client, self.config.timeout_s)
             wait = self._backoff.failed()
             self._set_available(False, f"{self.endpoint}: {exc or type(exc).__name__}; retry in {wait:.1f}s")
             return False
@@ -213,61 +137,18 @@ class OpcUaSource(SourceBase):
         """Fill in the NodeIds still unknown: namespace indexes by URI, paths in batched calls."""
         assert self._client is not None
         self._resolved_at = time.monotonic()
-        namespaces = await self._client.get_namespace_array()
-        todo: list[tuple[int, ua.RelativePath]] = []
-        for i, point in enumerate(self.points):
-            if self._nodes[i] is not None:
-                continue
-            if point.node_id is not None:
-                self._nodes[i] = ua.NodeId.from_string(point.node_id)
-                continue
-            assert point.browse_path is not None
-            assert point.namespace_uri is not None
-            if point.namespace_uri not in namespaces:
-                continue  # not registered (yet): the server may still be loading its model
-            ns = namespaces.index(point.namespace_uri)
-            elements = [
-                ua.RelativePathElement(
-                    ReferenceTypeId=_HIERARCHICAL,
-                    IsInverse=cast(Any, False),
-                    IncludeSubtypes=cast(Any, True),
-                    TargetName=ua.QualifiedName(name, ns),
-                )
-                for name in point.browse_path
-            ]
-            todo.append((i, ua.RelativePath(elements)))
-        size = self.config.max_nodes_per_request
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            results = await self._client.translate_browsepaths(_OBJECTS_FOLDER, [path for _, path in batch])
-            for (i, _), result in zip(batch, results, strict=True):
-                if result.StatusCode.is_good() and result.Targets:
-                    target = result.Targets[0].TargetId
-                    self._nodes[i] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+        await resolve_nodes(self._client, self.points, self._nodes, self.config.max_nodes_per_request)
         missing = [p.ref for p, n in zip(self.points, self._nodes, strict=True) if n is None]
         if missing:
             names = ", ".join(f"{r.asset}/{r.tag}" for r in missing[:5])
             log.warning("source %s: %d node(s) not found: %s", self.name, len(missing), names)
-
-    async def _quiet_disconnect(self, client: Client) -> None:
-        # The peer is usually gone already: closing the session would only log tracebacks.
-        if client.uaclient.state.value in ("disconnected",):
-            # No network I/O without a socket, but it stops the client's supervisor, watchdog and
-            # publish loop, which would otherwise retry (and log) every second forever.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close_session(), self.config.timeout_s)
-            client.disconnect_socket()
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), self.config.timeout_s)
-        client.disconnect_socket()
 
     def _lost(self, reason: str) -> None:
         client, self._client = self._client, None
         self._drop_feed()
         if client is not None:
             # Detached so that a dead server cannot delay the poll that noticed it.
-            task = asyncio.get_running_loop().create_task(self._quiet_disconnect(client))
+            task = asyncio.get_running_loop().create_task(quiet_disconnect(client, self.config.timeout_s))
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
         wait = self._backoff.failed()
@@ -314,7 +195,7 @@ class OpcUaSource(SourceBase):
         quality = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
         if quality == BAD_NODE_ID_UNKNOWN:
             self._nodes[index] = None  # renumbered under us: look the path up again
-        value = _plain(dv.Value.Value) if dv.Value is not None else None
+        value = plain_value(dv.Value.Value) if dv.Value is not None else None
         source_ts: datetime = dv.SourceTimestamp or dv.ServerTimestamp or now
         if source_ts.tzinfo is None:
             source_ts = source_ts.replace(tzinfo=now.tzinfo)
@@ -400,7 +281,7 @@ class OpcUaSource(SourceBase):
                 # The server's DataType decides the Variant type (anchors §3 #3: Int32 writes failing
                 # when the client guesses from the Python type); no timestamps (asyncua/#1941).
                 variant_type = await node.read_data_type_as_variant_type()
-                dv = ua.DataValue(ua.Variant(_coerce(value, variant_type), variant_type))
+                dv = ua.DataValue(ua.Variant(coerce_value(value, variant_type), variant_type))
                 await node.write_attribute(AttributeIds.Value, dv)
                 if self.subscribed:
                     self._read_back[self._by_tag[(asset, tag)]] = time.monotonic() + READ_BACK_WINDOW_S
@@ -440,21 +321,8 @@ class OpcUaSource(SourceBase):
         self._drop_feed()
         client, self._client = self._client, None
         if client is not None:
-            await self._quiet_disconnect(client)
+            await quiet_disconnect(client, self.config.timeout_s)
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
         self._available = None
 
-
-def _coerce(value: TagValue, variant_type: ua.VariantType) -> Any:
-    if variant_type == ua.VariantType.Boolean:
-        return bool(value)
-    if variant_type in (ua.VariantType.Float, ua.VariantType.Double):
-        return float(value)
-    if variant_type == ua.VariantType.String:
-        return str(value)
-    if variant_type.name.startswith(("Int", "UInt", "SByte", "Byte")):
-        if isinstance(value, float) and not value.is_integer():
-            raise SourceError(f"{value!r} is not an integer")
-        return int(value)
-    return value

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert
 
 from gateway.storage.db import Database
-from gateway.storage.tables import audit_log
+from gateway.storage.tables import audit_log, page
 
 Channel = Literal["rest", "mqtt", "opcua", "modbus", "ws", "system"]
 
@@ -84,9 +84,7 @@ class AuditLog:
         """Newest first; page with ``before_id`` (the smallest id of the previous page)."""
 
         def query(conn: Connection) -> list[AuditEntry]:
-            stmt = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
-            if before_id is not None:
-                stmt = stmt.where(audit_log.c.id < before_id)
+            stmt = page(audit_log, limit=limit, before_id=before_id)
             if action_prefix:
                 stmt = stmt.where(audit_log.c.action.startswith(action_prefix, autoescape=True))
             return [

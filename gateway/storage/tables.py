@@ -7,6 +7,7 @@ SQLite keeps no offset, and naive datetimes compared with aware ones raise at th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,10 +21,12 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
     TypeDecorator,
+    select,
     text,
 )
 
@@ -158,3 +161,19 @@ audit_log = Table(
     Column("correlation_id", String(255), nullable=True),
     Column("channel", String(16), nullable=False),
 )
+
+
+def page(
+    table: Table, *, limit: int, before_id: int | None = None, states: Sequence[str] = (),
+    asset: str | None = None, oldest_first: bool = False,
+) -> Select[Any]:
+    """One page of ``table`` by id, newest first unless ``oldest_first``; ``before_id`` is the smallest
+    id of the previous page, ``states`` and ``asset`` (for tables with those columns) filter."""
+    stmt = select(table).order_by(table.c.id if oldest_first else table.c.id.desc()).limit(limit)
+    if states:
+        stmt = stmt.where(table.c.state.in_(states))
+    if asset is not None:
+        stmt = stmt.where(table.c.asset == asset)
+    if before_id is not None:
+        stmt = stmt.where(table.c.id < before_id)
+    return stmt

@@ -1,0 +1,49 @@
+"""OPC UA client setup and teardown: timeouts, session, security and credentials from a source's
+configuration, and a disconnect that stays quiet when the peer is already gone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from asyncua.client.client import Client
+
+from gateway.sources.config import OpcUaSourceConfig
+
+SESSION_TIMEOUT_MS = 600_000
+
+
+async def new_client(endpoint: str, config: OpcUaSourceConfig) -> Client:
+    """An unconnected client for ``endpoint`` with the source's timeouts, security and user."""
+    # asyncua probes the server every watchdog interval and drops the link when a probe takes
+    # longer than that interval (1 s by default): on a busy gateway that tore down healthy
+    # subscriptions. A probe gets the same time as any other request instead.
+    client = Client(endpoint, timeout=config.timeout_s, watchdog_intervall=config.timeout_s)
+    # asyncua asks for one hour and warns when a server revises it; ten minutes is what common
+    # servers (and ours) grant, and the session is kept alive by the watchdog anyway.
+    client.session_timeout = SESSION_TIMEOUT_MS
+    client.name = client.description = f"TwinEdge gateway ({config.name})"
+    sec = config.security
+    if sec.policy != "None":
+        parts = [sec.policy, sec.mode, sec.certificate, sec.private_key]
+        if sec.server_certificate:
+            parts.append(sec.server_certificate)
+        await client.set_security_string(",".join(str(p) for p in parts))
+    if config.username is not None and config.password is not None:
+        client.set_user(config.username)
+        client.set_password(config.password.get_secret_value())
+    return client
+
+
+async def quiet_disconnect(client: Client, timeout_s: float) -> None:
+    """Disconnect without raising or logging tracebacks: the peer is usually gone already."""
+    if client.uaclient.state.value in ("disconnected",):
+        # No network I/O without a socket, but it stops the client's supervisor, watchdog and
+        # publish loop, which would otherwise retry (and log) every second forever.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close_session(), timeout_s)
+        client.disconnect_socket()
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), timeout_s)
+    client.disconnect_socket()
