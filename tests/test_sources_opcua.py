@@ -131,8 +131,9 @@ def values_are(source: OpcUaSource, expected: dict[str, Any]) -> Callable[[], Aw
     return check
 
 
-async def test_reads_every_type_in_one_batch(server: OpcUaTestServer) -> None:
-    async with OpcUaSource(config(), catalogue_for(server.endpoint)) as source:
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_reads_every_type_in_one_batch(server: OpcUaTestServer, mode: str) -> None:
+    async with OpcUaSource(config(mode=mode), catalogue_for(server.endpoint)) as source:
         got = by_key(await source.read())
     for key, value in EXPECTED.items():
         assert got[key].quality == GOOD, key
@@ -191,8 +192,9 @@ async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture) ->
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_restart_with_renumbered_namespace_and_nodes(server: OpcUaTestServer) -> None:
-    async with OpcUaSource(config(), catalogue_for(server.endpoint)) as source:
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_restart_with_renumbered_namespace_and_nodes(server: OpcUaTestServer, mode: str) -> None:
+    async with OpcUaSource(config(mode=mode), catalogue_for(server.endpoint)) as source:
         await until(values_are(source, {"temp": 21.5, "count": -7}), "first read")
         old_ids = {k: n.nodeid for k, n in server.nodes.items()}
         await server.stop()

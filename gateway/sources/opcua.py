@@ -55,6 +55,9 @@ class OpcUaSource(SourceBase):
         self._by_tag = {(p.ref.asset, p.ref.tag): i for i, p in enumerate(self.points)}
         self._client: Client | None = None
         self._nodes: list[ua.NodeId | None] = [None] * len(self.points)
+        # Polling reads the same nodes every time: the requests are built once per set of resolved
+        # nodes (None: rebuild), not per poll (profiling showed that rebuilding cost a fifth of a poll).
+        self._plan: list[tuple[list[int], ua.ReadParameters]] | None = None
         self._resolved_at = 0.0
         self._lock = asyncio.Lock()
         self._cleanup: set[asyncio.Task[None]] = set()  # detached disconnects, awaited by close()
@@ -93,6 +96,7 @@ class OpcUaSource(SourceBase):
             return False
         self._client = client
         self._nodes = [None] * len(self.points)
+        self._plan = None
         try:
             await self._resolve()
             if self.subscribed:
@@ -132,11 +136,13 @@ class OpcUaSource(SourceBase):
     async def _monitor(self, client: Client, feed: SubscriptionFeed, items: list[tuple[int, ua.NodeId]]) -> None:
         for index in await feed.add(client, items):
             self._nodes[index] = None  # gone since the browse: look its path up again later
+            self._plan = None
 
     async def _resolve(self) -> None:
         """Fill in the NodeIds still unknown: namespace indexes by URI, paths in batched calls."""
         assert self._client is not None
         self._resolved_at = time.monotonic()
+        self._plan = None
         await resolve_nodes(self._client, self.points, self._nodes, self.config.max_nodes_per_request)
         missing = [p.ref for p, n in zip(self.points, self._nodes, strict=True) if n is None]
         if missing:
@@ -195,6 +201,7 @@ class OpcUaSource(SourceBase):
         quality = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
         if quality == BAD_NODE_ID_UNKNOWN:
             self._nodes[index] = None  # renumbered under us: look the path up again
+            self._plan = None
         value = plain_value(dv.Value.Value) if dv.Value is not None else None
         source_ts: datetime = dv.SourceTimestamp or dv.ServerTimestamp or now
         if source_ts.tzinfo is None:
@@ -246,16 +253,24 @@ class OpcUaSource(SourceBase):
         results = await asyncio.wait_for(self._client.read_attributes(nodes), self.config.timeout_s)
         return [(i, dv) for (i, _), dv in zip(known, results, strict=True)]
 
+    def _read_plan(self) -> list[tuple[list[int], ua.ReadParameters]]:
+        if self._plan is None:
+            known = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
+            size = self.config.max_nodes_per_request
+            self._plan = []
+            for start in range(0, len(known), size):
+                batch = known[start : start + size]
+                params = ua.ReadParameters()
+                params.NodesToRead = [ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for _, n in batch]
+                self._plan.append(([i for i, _ in batch], params))
+        return self._plan
+
     async def _read_values(self) -> list[ua.DataValue | None]:
         assert self._client is not None
-        known = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
         out: list[ua.DataValue | None] = [None] * len(self.points)
-        size = self.config.max_nodes_per_request
-        for start in range(0, len(known), size):
-            batch = known[start : start + size]
-            nodes = [self._client.get_node(n) for _, n in batch]
-            results = await asyncio.wait_for(self._client.read_attributes(nodes), self.config.timeout_s)
-            for (i, _), dv in zip(batch, results, strict=True):
+        for indexes, params in self._read_plan():
+            results = await asyncio.wait_for(self._client.uaclient.read(params), self.config.timeout_s)
+            for i, dv in zip(indexes, results, strict=True):
                 out[i] = dv
         return out
 
