@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -89,13 +90,12 @@ class Supervisor:
         return 0
 
     def _wait_ready(self, child: Child) -> bool:
-        deadline = READY_TIMEOUT_S
-        while deadline > 0 and not self._stop.is_set():
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self._stop.is_set():
             if child.ready.wait(0.1):
                 return True
             if not child.alive():
                 return False
-            deadline -= 0.1
         return False
 
     def run(self) -> int:

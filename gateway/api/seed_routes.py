@@ -167,6 +167,16 @@ def build_seed_router(
         if info is None or (type_name is not None and info.type != type_name):
             raise HTTPException(404, f"no {type_name or 'machine'} {asset_id!r}")
 
+    def target(type_name: str, given: str | None) -> str:
+        """The asset a seed order names, else the first asset of its type (the seed systems had one)."""
+        if given is not None:
+            known(given, type_name)
+            return given
+        assets = state.assets_of_type(type_name)
+        if not assets:
+            raise HTTPException(404, f"no {type_name} asset")
+        return assets[0].id
+
     async def submit(request: CommandRequest, caller: Principal, http: Request) -> CommandRecord:
         actor = Actor(caller.sub, (caller.role,), client_ip(http), "rest")
         try:
@@ -227,22 +237,15 @@ def build_seed_router(
     @router.post("/order/process", status_code=202, response_model=CommandRecord,
                  summary="Seed: a warehouse process order (operator); picks a Raw slot when none is given")
     async def process_order(body: ProcessOrder, caller: Operator, http: Request) -> CommandRecord:
-        warehouses = state.assets_of_type("warehouse")
-        if body.warehouse is not None:
-            known(body.warehouse, "warehouse")
-            target = body.warehouse
-        elif warehouses:
-            target = warehouses[0].id
-        else:
-            raise HTTPException(404, "no warehouse asset")
+        warehouse = target("warehouse", body.warehouse)
         slot = body.slot
         if slot is None:
-            values = state.values(target)
+            values = state.values(warehouse)
             raw = sorted(int(k[5:]) for k, v in values.items() if k.startswith("slot_") and v == "Raw")
             if not raw:
-                raise HTTPException(409, f"{target} holds no raw workpiece")
+                raise HTTPException(409, f"{warehouse} holds no raw workpiece")
             slot = raw[0]
-        return await submit(CommandRequest(asset=target, command="process", args=(slot,)), caller, http)
+        return await submit(CommandRequest(asset=warehouse, command="process", args=(slot,)), caller, http)
 
     @router.get("/api/sensor-data/{lathe_id}", summary="Seed: a lathe's latest sensor values")
     async def sensor_data(lathe_id: str, _: Viewer) -> dict[str, Any]:
@@ -252,15 +255,8 @@ def build_seed_router(
     @router.post("/simulator/start", status_code=202, response_model=CommandRecord,
                  summary="Seed: start a lathe job (operator): command start_job")
     async def start_job(body: StartJob, caller: Operator, http: Request) -> CommandRecord:
-        lathes = state.assets_of_type("lathe")
-        if body.lathe_id is not None:
-            known(body.lathe_id, "lathe")
-            target = body.lathe_id
-        elif lathes:
-            target = lathes[0].id
-        else:
-            raise HTTPException(404, "no lathe asset")
+        lathe = target("lathe", body.lathe_id)
         args = (body.material, body.operation, body.tool, body.estimated_min)
-        return await submit(CommandRequest(asset=target, command="start_job", args=args), caller, http)
+        return await submit(CommandRequest(asset=lathe, command="start_job", args=args), caller, http)
 
     return router

@@ -86,6 +86,21 @@ class OutboxForwarding:
     _connected: bool
     _published: int
     _errors: int
+    _outage_since: float | None
+
+    def _went_down(self) -> bool:
+        """Mark the link down; True only at the start of an outage, so it is logged once, not per retry."""
+        self._connected = False
+        if self._outage_since is not None:
+            return False
+        self._outage_since = time.monotonic()
+        return True
+
+    def _came_up(self) -> float | None:
+        """Mark the link up; the length of the outage that just ended, if one did."""
+        self._connected = True
+        since, self._outage_since = self._outage_since, None
+        return None if since is None else time.monotonic() - since
 
     async def _drain(self, timeout_s: float, *, only_while_connected: bool = False) -> None:
         """Wait until the outbox is empty or ``timeout_s`` passes (or the link is gone, if asked)."""

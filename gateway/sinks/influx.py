@@ -267,19 +267,12 @@ class InfluxSink(OutboxForwarding):
     # -- outage logging (once per outage) ---------------------------------------------------------
 
     def _link_up(self) -> None:
-        self._connected = True
-        if self._outage_since is not None:
-            log.info(
-                "influx: %s reachable again after %.1f s",
-                self.config.url,
-                time.monotonic() - self._outage_since,
-            )
-            self._outage_since = None
+        outage_s = self._came_up()
+        if outage_s is not None:
+            log.info("influx: %s reachable again after %.1f s", self.config.url, outage_s)
 
     def _link_down(self, result: WriteResult) -> None:
-        self._connected = False
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
+        if self._went_down():
             log.warning(
                 "influx: write to %s failed (%s %s); buffering in the outbox and retrying",
                 self.config.url,

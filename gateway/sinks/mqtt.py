@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,25 +258,19 @@ class MqttSink(OutboxForwarding):
     # -- loop-side state changes ------------------------------------------------------------------
 
     def _link_up(self) -> None:
-        self._connected = True
-        if self._outage_since is not None:
-            log.info(
-                "mqtt: connected to %s again after %.1f s",
-                self.config.url,
-                time.monotonic() - self._outage_since,
-            )
-            self._outage_since = None
+        outage_s = self._came_up()
+        if outage_s is not None:
+            log.info("mqtt: connected to %s again after %.1f s", self.config.url, outage_s)
         else:
             log.info("mqtt: connected to %s", self.config.url)
         self._wake.set()
 
     def _link_down(self, why: str) -> None:
-        was_connected, self._connected = self._connected, False
-        if self._closed and was_connected:
+        if self._closed and self._connected:
+            self._connected = False
             return  # our own disconnect
         self._errors += 1
-        if self._outage_since is None:  # log the outage once, not every retry
-            self._outage_since = time.monotonic()
+        if self._went_down():
             log.warning(
                 "mqtt: broker %s unavailable (%s); buffering in the outbox and retrying", self.config.url, why
             )
