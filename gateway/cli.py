@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8080",
                         help="base URL of the gateway's API (default: %(default)s)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: %(default)s)")
+    audit = commands.add_parser(
+        "audit-verify",
+        help="check the audit log's hash chain in the gateway's database",
+        description="Recompute the hash chain of the edge API's audit log in the database of the gateway "
+        "config (read-only). Exit status 0 intact, 1 broken (the first broken row is printed), 2 not checkable.",
+    )
+    audit.add_argument("--config", type=Path, default=DEFAULT_GATEWAY_CONFIG, help="default: %(default)s")
     commands.add_parser("plant", help="run the simulated plant alone (see 'twinedge plant --help')", add_help=False)
     commands.add_parser("registers", help="print the Modbus register map / tag catalogue", add_help=False)
     return parser
@@ -89,6 +96,18 @@ def _run_gateway(config_path: Path, log_level: str) -> int:
     return 0
 
 
+def _verify_audit(config_path: Path) -> int:
+    from gateway.audit_verify import verify_database
+    from gateway.config import load_gateway_config
+
+    try:
+        config = load_gateway_config(config_path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return verify_database(config.storage, config.gateway.data_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PLANT_COMMANDS:
@@ -96,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "gateway":
         return _run_gateway(args.config, args.log_level)
+    if args.command == "audit-verify":
+        return _verify_audit(args.config)
     if args.command == "status":
         from gateway.status import run_status
 

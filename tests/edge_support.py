@@ -131,7 +131,7 @@ def make_app(services: EdgeServices) -> Any:
         "crusher-01": AssetInfo("crusher-01", "crusher", "plc-2", "mine", "pit"),
     })
     app = create_app(state)
-    for router in services.routers(asset_exists=state.assets.__contains__):
+    for router in services.routers(asset_exists=state.assets.__contains__, scope=state.visible_ids):
         app.include_router(router)
     return app
 

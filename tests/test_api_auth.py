@@ -67,7 +67,7 @@ async def test_token_is_a_short_lived_hs256_jwt_with_aud_iss_jti(edge: Edge) -> 
     assert claims["exp"] - claims["iat"] == 900
     assert len(claims["jti"]) == 32
     me = await edge.client.get("/api/v1/auth/me", headers=edge.auth("operator"))
-    assert me.json() == {"sub": "operator", "role": "operator", "anonymous": False}
+    assert me.json() == {"sub": "operator", "role": "operator", "anonymous": False, "sites": []}
 
 
 async def test_expired_token_is_refused_with_the_reason(edge: Edge) -> None:

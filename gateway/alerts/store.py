@@ -8,6 +8,7 @@ by a partial unique index as well as by the engine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -136,9 +137,11 @@ class AlertStore:
         return await self.db.run(work)
 
     async def list_alerts(self, *, open_only: bool, asset: str | None = None, limit: int = 100,
-                   before_id: int | None = None) -> list[AlertRecord]:
-        """Newest first; ``open_only`` gives active and acknowledged alerts, else every state."""
-        stmt = page(alerts, limit=limit, before_id=before_id, states=OPEN_STATES if open_only else (), asset=asset)
+                   before_id: int | None = None, assets: Collection[str] | None = None) -> list[AlertRecord]:
+        """Newest first; ``open_only`` gives active and acknowledged alerts, else every state; ``assets``
+        limits them to the caller's scope (None: every asset)."""
+        stmt = page(alerts, limit=limit, before_id=before_id, states=OPEN_STATES if open_only else (), asset=asset,
+                    assets=assets)
         return await self.db.run(lambda conn: [AlertRecord(**row._mapping) for row in conn.execute(stmt)])
 
     async def open_keys(self) -> list[tuple[str, str]]:

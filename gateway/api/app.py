@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
+from gateway.api.auth import ANONYMOUS, Principal
 from gateway.api.edge import EdgeServices
 from gateway.api.problems import install_problem_handlers
 from gateway.api.routes_assets import TagReading, build_assets_router
@@ -62,6 +63,10 @@ class Health(BaseModel):
     sources: list[SourceHealth]
 
 
+async def _everyone() -> Principal:
+    return ANONYMOUS
+
+
 def create_app(state: EdgeState, registry: CollectorRegistry | None = None, parts: ApiParts | None = None) -> FastAPI:
     app = FastAPI(
         title="TwinEdge edge API",
@@ -69,9 +74,10 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
         description="Latest values, health and metrics of the TwinEdge gateway. Errors are RFC 9457 problem+json.",
     )
     install_problem_handlers(app)
-    readers = [Depends(parts.edge.auth.require("viewer"))] if parts is not None else []
+    # Without the edge services there is no auth: every caller reads everything.
+    reader = Depends(parts.edge.auth.require("viewer") if parts is not None else _everyone)
     api = APIRouter(prefix="/api/v1")
-    devices_api = APIRouter(prefix="/api/v1", dependencies=readers)
+    devices_api = APIRouter(prefix="/api/v1")
 
     @api.get("/health", response_model=Health, summary="Gateway and source health")
     async def health() -> Health:
@@ -81,8 +87,8 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
         return Health(status=status, gateway=state.gateway_id, sources=sources)
 
     @devices_api.get("/devices", response_model=list[DeviceSummary], summary="Every asset the gateway reads")
-    async def devices() -> list[DeviceSummary]:
-        return [DeviceSummary(**vars(info)) for info in sorted(state.assets.values(), key=lambda a: a.id)]
+    async def devices(caller: Principal = reader) -> list[DeviceSummary]:
+        return [DeviceSummary(**vars(info)) for info in state.visible_assets(caller.sites)]
 
     @devices_api.get(
         "/devices/{device_id}",
@@ -90,8 +96,8 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
         summary="Latest values of one asset",
         responses={404: {"description": "unknown asset", "content": {"application/problem+json": {}}}},
     )
-    async def device(device_id: str) -> DeviceValues:
-        info = state.assets.get(device_id)
+    async def device(device_id: str, caller: Principal = reader) -> DeviceValues:
+        info = state.visible(caller.sites, device_id)
         if info is None:
             raise HTTPException(404, f"no device {device_id!r}")
         readings = state.latest.asset(device_id) or {}
@@ -108,12 +114,12 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
     app.include_router(devices_api)
     if parts is not None:
         edge = parts.edge
-        for router in edge.routers(asset_exists=state.assets.__contains__):
+        for router in edge.routers(asset_exists=state.assets.__contains__, scope=state.visible_ids):
             app.include_router(router)
         app.include_router(build_assets_router(state, edge.auth))
         app.include_router(build_ws_router(parts.hub, edge.auth, queue_size=parts.queue_size,
                                            allow_query_token=parts.allow_query_token,
-                                           asset_exists=state.assets.__contains__))
+                                           asset_exists=state.assets.__contains__, scope=state.visible_ids))
         app.include_router(build_seed_router(state, parts.hub, edge.auth, edge.commands, parts.snapshots,
                                              queue_size=parts.queue_size, machine_period_s=parts.machine_period_s,
                                              allow_query_token=parts.allow_query_token))

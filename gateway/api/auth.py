@@ -7,6 +7,10 @@
 - Roles are ordered viewer < operator < admin; ``require(role)`` is the route dependency.
 - Anonymous callers get viewer rights when ``anonymous_read`` is on, nothing else.
 - Login attempts are limited per username and client address (OWASP API2, IEC 62443-3-3 SR 1.11).
+- Revocation: a token carries its user's token stamp; logout revokes its ``jti``, and any change of
+  the user's password, role, sites or disabled flag (or deleting the user) changes the stamp, revoking
+  every token issued before. Checked on every request and WebSocket handshake (api/token_guard.py).
+- A token carries the user's sites (OWASP API1: empty means every site); it is revoked when they change.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -28,8 +33,11 @@ from fastapi.security import OAuth2PasswordBearer
 from pwdlib import PasswordHash
 from pydantic import Field, SecretStr
 
+from gateway.api.token_guard import TokenGuard
 from gateway.common.configfile import StrictModel
-from gateway.storage.users import UserRecord, UserStore
+from gateway.storage.audit import Actor
+from gateway.storage.revocations import TokenRevocations
+from gateway.storage.users import UserChanges, UserRecord, UserStore
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -49,6 +57,11 @@ class AuthConfig(StrictModel):
     issuer: str = "twinedge"
     audience: str = "twinedge-edge-api"
     login_attempts_per_minute: int = Field(default=5, ge=1)
+    revocation_check_s: float = Field(
+        default=5.0, ge=0, le=300,
+        description="how long a token found good (or revoked) is trusted before storage is asked again; "
+                    "0: every request. Revocations through this gateway apply at once; through another "
+                    "gateway sharing the database, within this time")
 
 
 def load_or_create_secret(config: AuthConfig, data_dir: Path) -> str:
@@ -77,9 +90,16 @@ class Principal:
     role: Role
     jti: str | None = None
     anonymous: bool = False
+    sites: frozenset[str] = frozenset()  # the sites whose assets the caller may see; empty: every site
+    expires_at: float | None = None  # Unix seconds
+    stamp: str = ""  # the user's token stamp when the token was issued
 
     def has(self, role: Role) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+    def actor(self, ip: str | None) -> Actor:
+        """The caller as the audit log records it, on the REST channel."""
+        return Actor(self.sub, (self.role,), ip, "rest")
 
 
 ANONYMOUS = Principal(sub="anonymous", role="viewer", anonymous=True)
@@ -163,6 +183,8 @@ class Authenticator:
         self.limiter = LoginRateLimiter(config.login_attempts_per_minute, clock=clock)
         self._dummy_hash: str | None = None
         self._bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+        self.revocations = TokenRevocations(users.db)
+        self.guard = TokenGuard(self.revocations, config.revocation_check_s)
 
     @property
     def _secret(self) -> str:
@@ -212,7 +234,7 @@ class Authenticator:
         claims = {
             "sub": user.username, "role": user.role, "iat": now, "nbf": now,
             "exp": now + self.config.token_ttl_s, "iss": self.config.issuer, "aud": self.config.audience,
-            "jti": jti,
+            "jti": jti, "sites": list(user.sites), "stamp": user.token_stamp,
         }
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
         return IssuedToken(token, self.config.token_ttl_s, jti)
@@ -225,41 +247,76 @@ class Authenticator:
             claims = jwt.decode(
                 token, self._secret, algorithms=[ALGORITHM], audience=self.config.audience,
                 issuer=self.config.issuer,
-                options={"require": ["exp", "iat", "sub", "jti", "aud", "iss"], "verify_exp": False,
+                options={"require": ["exp", "iat", "sub", "jti", "aud", "iss", "stamp"], "verify_exp": False,
                          "verify_nbf": False, "verify_iat": False},
             )
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
-        exp, role = claims["exp"], claims.get("role")
+        exp, role, sites = claims["exp"], claims.get("role"), claims.get("sites", [])
         if not isinstance(exp, int | float) or self.clock() >= exp:
             raise _unauthorized("the token has expired; request a new one")
         if role not in ROLE_RANK:
             raise _unauthorized("invalid token: unknown role")
-        return Principal(sub=str(claims["sub"]), role=role, jti=str(claims["jti"]))
+        if not isinstance(sites, list) or not all(isinstance(site, str) for site in sites):
+            raise _unauthorized("invalid token: sites must be a list of names")
+        return Principal(sub=str(claims["sub"]), role=role, jti=str(claims["jti"]), sites=frozenset(sites),
+                         expires_at=float(exp), stamp=str(claims["stamp"]))
 
-    def principal_of(self, token: str | None) -> Principal:
-        """The caller: from the bearer token, else anonymous when allowed, else 401."""
+    async def principal_of(self, token: str | None) -> Principal:
+        """The caller: from the bearer token unless revoked, else anonymous when allowed, else 401."""
         if token:
-            return self.decode(token)
+            caller = self.decode(token)
+            assert caller.jti is not None
+            if not await self.guard.valid(caller.sub, caller.jti, caller.stamp):
+                raise _unauthorized("the token has been revoked; request a new one")
+            return caller
         if self.config.anonymous_read:
             return ANONYMOUS
         raise _unauthorized("authentication required: send 'Authorization: Bearer <token>'")
 
-    def require(self, role: Role) -> Callable[..., Awaitable[Principal]]:
-        """Route dependency: the caller if it has ``role`` or more; else 401 (no identity) or 403."""
+    def require(self, role: Role, *, all_sites: bool = False) -> Callable[..., Awaitable[Principal]]:
+        """Route dependency: the caller if it has ``role`` or more; else 401 (no identity) or 403.
+        ``all_sites``: the route acts on the whole gateway (users, rules, audit log), so a caller
+        restricted to some sites may not use it, whatever its role."""
 
         # The bearer scheme as a sub-dependency puts the OAuth2 password flow into OpenAPI, so the
         # docs' Authorize button works.
         async def dependency(token: str | None = Depends(self._bearer)) -> Principal:
-            caller = self.principal_of(token)
+            caller = await self.principal_of(token)
             if not caller.has(role):
                 if caller.anonymous:
                     raise _unauthorized(f"authentication required: this needs the {role} role")
                 raise HTTPException(403, f"this needs the {role} role; {caller.sub!r} is {caller.role}")
+            if all_sites and caller.sites:
+                raise HTTPException(403, f"this acts on every site; {caller.sub!r} is limited to some")
             return caller
 
-        dependency.__name__ = f"require_{role}"
+        dependency.__name__ = f"require_{role}{'_all_sites' if all_sites else ''}"
         return dependency
+
+    async def logout(self, caller: Principal, ip: str | None) -> None:
+        """Revoke the caller's token until it expires."""
+        assert caller.jti is not None
+        assert caller.expires_at is not None
+        expires = datetime.fromtimestamp(caller.expires_at, UTC)
+        await self.revocations.revoke(caller.jti, caller.sub, expires, caller.actor(ip),
+                                      datetime.fromtimestamp(self.clock(), UTC))
+        self.guard.forget_token(caller.jti)
+
+    async def change_user(
+        self, username: str, changes: UserChanges, actor: Actor, action: str = "user.update"
+    ) -> UserRecord:
+        """Change a user (a new token stamp revokes their tokens); UserNotFound, LastAdmin."""
+        try:
+            return await self.users.update(username, changes, actor, action)
+        finally:
+            self.guard.forget_user(username)
+
+    async def delete_user(self, username: str, actor: Actor) -> None:
+        try:
+            await self.users.delete(username, actor)
+        finally:
+            self.guard.forget_user(username)
 
 
 def _unauthorized(detail: str) -> HTTPException:

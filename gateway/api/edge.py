@@ -7,7 +7,7 @@ closes it on shutdown::
     edge = EdgeServices(Database.from_config(cfg.storage, data_dir), data_dir=data_dir,
                         auth=cfg.api.auth, alerts=cfg.alerts, commands=cfg.commands,
                         execute=runtime.execute_command, validate=catalogue_validator(catalogue))
-    for router in edge.routers(asset_exists=state.assets.__contains__):
+    for router in edge.routers(asset_exists=state.assets.__contains__, scope=state.visible_ids):
         app.include_router(router)
     admin = await edge.start()          # print admin.password once when it is not None
     ...
@@ -30,6 +30,8 @@ from gateway.api.auth import AuthConfig, Authenticator, BootstrapAdmin, load_or_
 from gateway.api.routes_alerts import build_alerts_router
 from gateway.api.routes_auth import build_auth_router
 from gateway.api.routes_commands import build_commands_router
+from gateway.api.routes_users import build_users_router
+from gateway.api.state import AssetScope, no_assets_known
 from gateway.commands.queue import CommandQueue, CommandQueueConfig, Execute, Validate
 from gateway.storage.audit import AuditLog
 from gateway.storage.db import Database
@@ -38,13 +40,15 @@ from gateway.storage.users import UserStore
 
 def build_edge_routers(
     auth: Authenticator, alerts: AlertService, commands: CommandQueue, audit: AuditLog,
-    *, asset_exists: Callable[[str], bool] | None = None,
+    *, asset_exists: Callable[[str], bool] | None = None, scope: AssetScope = no_assets_known,
 ) -> list[APIRouter]:
-    """The routers of auth and users, alerts and rules, commands, audit and the seed route."""
+    """The routers of auth and users, alerts and rules, commands, audit and the seed route; ``scope``
+    gives the assets a caller limited to some sites may see."""
     return [
         build_auth_router(auth, audit),
-        build_alerts_router(alerts, auth, asset_exists=asset_exists),
-        build_commands_router(commands, auth, audit),
+        build_users_router(auth, audit),
+        build_alerts_router(alerts, auth, asset_exists=asset_exists, scope=scope),
+        build_commands_router(commands, auth, audit, scope=scope),
     ]
 
 
@@ -75,13 +79,15 @@ class EdgeServices:
         self.alerts = AlertService(AlertStore(db), self.audit, alerts)
         self.commands = CommandQueue(db, execute, validate, commands, serial_key=serial_key)
 
-    def routers(self, *, asset_exists: Callable[[str], bool] | None = None) -> list[APIRouter]:
+    def routers(
+        self, *, asset_exists: Callable[[str], bool] | None = None, scope: AssetScope = no_assets_known
+    ) -> list[APIRouter]:
         return build_edge_routers(self.auth, self.alerts, self.commands, self.audit,
-                                  asset_exists=asset_exists)
+                                  asset_exists=asset_exists, scope=scope)
 
     async def start(self) -> BootstrapAdmin | None:
-        """Create tables, the first admin (returned so the caller prints a generated password once),
-        load rules and open alerts, and resolve and resume commands."""
+        """Migrate the schema to the newest revision, create the first admin (returned so the caller
+        prints a generated password once), load rules and open alerts, and resolve and resume commands."""
         await self.db.start()
         self.auth.load_secret()
         admin = await self.auth.bootstrap(self.env)

@@ -1,4 +1,10 @@
-"""Routes of alerts (list, detail with history, acknowledge) and alert rules (CRUD, admin)."""
+"""Routes of alerts (list, detail with history, acknowledge) and alert rules (CRUD, admin).
+
+Per-site scope (OWASP API1): a caller limited to some sites sees only the alerts of its assets; any
+other alert is "not found", exactly like a missing one. It sees the rules that apply to its assets
+(those naming none apply to all), with the asset list cut to its scope. Rules act on the whole gateway,
+so changing them needs an admin over every site.
+"""
 
 # No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
 # parameter types, which refer to closure variables a string annotation cannot see.
@@ -14,6 +20,7 @@ from gateway.alerts.rules import AlertRuleConfig
 from gateway.alerts.service import AlertService, RuleNotFound, RuleReadOnly
 from gateway.alerts.store import AlertConflict, AlertNotFound, AlertRecord, AlertTransition
 from gateway.api.auth import Authenticator, Principal, client_ip
+from gateway.api.state import AssetScope, no_assets_known
 from gateway.storage.audit import Actor
 
 MAX_PAGE = 500
@@ -43,40 +50,60 @@ def actor_of(caller: Principal, request: Request) -> Actor:
     return Actor(caller.sub, (caller.role,), client_ip(request), "rest")
 
 
+def _rule_in_scope(rule: AlertRuleConfig, visible: frozenset[str] | None) -> AlertRuleConfig | None:
+    """The rule as a caller seeing ``visible`` assets may see it: None when it names none of them."""
+    if visible is None or not rule.assets:
+        return rule
+    mine = [a for a in rule.assets if a in visible]
+    return rule.model_copy(update={"assets": tuple(mine)}) if mine else None
+
+
 def build_alerts_router(
-    service: AlertService, auth: Authenticator, *, asset_exists: Callable[[str], bool] | None = None
+    service: AlertService, auth: Authenticator, *, asset_exists: Callable[[str], bool] | None = None,
+    scope: AssetScope = no_assets_known,
 ) -> APIRouter:
-    """``asset_exists`` (from the catalogue) lets rule creation reject unknown assets with 422."""
+    """``asset_exists`` (from the catalogue) lets rule creation reject unknown assets with 422; ``scope``
+    gives the assets a caller limited to some sites may see."""
     router = APIRouter(prefix="/api/v1", tags=["alerts"])
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
     Operator = Annotated[Principal, Depends(auth.require("operator"))]
-    Admin = Annotated[Principal, Depends(auth.require("admin"))]
+    Admin = Annotated[Principal, Depends(auth.require("admin", all_sites=True))]
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "no such alert or rule"}}
+
+    async def alert_in_scope(alert_id: int, caller: Principal) -> tuple[AlertRecord, list[AlertTransition]]:
+        """The alert and its history; 404 when it does not exist or is out of the caller's scope."""
+        try:
+            record, history = await service.store.get(alert_id)
+        except AlertNotFound:
+            record = None
+        visible = scope(caller.sites)
+        if record is None or (visible is not None and record.asset not in visible):
+            raise HTTPException(404, f"no alert {alert_id}")
+        return record, history
 
     @router.get("/alerts", response_model=list[AlertRecord], summary="Open alerts, or the history of all")
     async def list_alerts(
-        _: Viewer,
+        caller: Viewer,
         state: Annotated[Literal["open", "all"], Query(description="open: active + acknowledged")] = "open",
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         before_id: Annotated[int | None, Query(description="page: smallest id of the previous page")] = None,
     ) -> list[AlertRecord]:
         records = await service.store.list_alerts(open_only=state == "open", asset=asset, limit=limit,
-                                                  before_id=before_id)
+                                                  before_id=before_id, assets=scope(caller.sites))
         return records
 
     @router.get("/alerts/{alert_id}", response_model=AlertDetail, responses=not_found,
                 summary="One alert with its transitions")
-    async def get_alert(alert_id: int, _: Viewer) -> AlertDetail:
-        try:
-            record, history = await service.store.get(alert_id)
-        except AlertNotFound:
-            raise HTTPException(404, f"no alert {alert_id}") from None
+    async def get_alert(alert_id: int, caller: Viewer) -> AlertDetail:
+        record, history = await alert_in_scope(alert_id, caller)
         return AlertDetail(**asdict(record), history=history)
 
     @router.post("/alerts/{alert_id}/ack", response_model=AlertRecord, summary="Acknowledge (operator)",
                  responses={**not_found, 409: {"description": "not active"}})
     async def acknowledge(alert_id: int, body: AckBody, caller: Operator, request: Request) -> AlertRecord:
+        if caller.sites:
+            await alert_in_scope(alert_id, caller)
         try:
             record = await service.acknowledge(alert_id, actor_of(caller, request), body.comment)
         except AlertNotFound:
@@ -86,16 +113,22 @@ def build_alerts_router(
         return record
 
     @router.get("/alert-rules", response_model=list[RuleOut], summary="Every rule")
-    async def list_rules(_: Viewer) -> list[RuleOut]:
-        return [RuleOut(rule=rule, origin=origin) for rule, origin in service.rules()]  # type: ignore[arg-type]
+    async def list_rules(caller: Viewer) -> list[RuleOut]:
+        visible = scope(caller.sites)
+        return [RuleOut(rule=shown, origin=origin)  # type: ignore[arg-type]
+                for rule, origin in service.rules() if (shown := _rule_in_scope(rule, visible)) is not None]
 
     @router.get("/alert-rules/{rule_id}", response_model=RuleOut, responses=not_found)
-    async def get_rule(rule_id: str, _: Viewer) -> RuleOut:
+    async def get_rule(rule_id: str, caller: Viewer) -> RuleOut:
         try:
             rule, origin = service.rule(rule_id)
         except RuleNotFound:
-            raise HTTPException(404, f"no rule {rule_id!r}") from None
-        return RuleOut(rule=rule, origin=origin)  # type: ignore[arg-type]
+            shown = None
+        else:
+            shown = _rule_in_scope(rule, scope(caller.sites))
+        if shown is None:
+            raise HTTPException(404, f"no rule {rule_id!r}")
+        return RuleOut(rule=shown, origin=origin)  # type: ignore[arg-type]
 
     @router.put(
         "/alert-rules/{rule_id}", response_model=RuleOut, summary="Create or replace a rule (admin)",

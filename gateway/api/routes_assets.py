@@ -2,9 +2,13 @@
 of the mine, the lathes and the warehouse. Everything comes from the catalogue, LatestValues and the
 local history ring (EdgeState); nothing here talks to a PLC.
 
-History: from InfluxDB when the Influx sink is on with the v1 API (``gateway.history``, InfluxQL),
-else, or when that query fails, from the in-memory ring of recent readings (``api.history_per_tag``
-samples per tag). The response says which store answered (``store: "influx"`` or ``"local"``).
+History: from the time-series database the Influx sink writes to, when ``gateway.history`` has a reader for it
+(InfluxQL on InfluxDB 1.x/2.x/3.x, or VictoriaMetrics), else, or when that query fails, from the in-memory ring of
+recent readings (``api.history_per_tag`` samples per tag). The response says which store answered (``store:
+"influx"``, ``"victoriametrics"`` or ``"local"``).
+
+Per-site scope (OWASP API1): a caller limited to some sites sees the PLCs and assets of those sites
+only; every other asset answers 404 exactly like an unknown one, history and latest values included.
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
@@ -20,7 +24,7 @@ from pydantic import BaseModel, Field
 from gateway.api.auth import Authenticator, Principal
 from gateway.api.state import EdgeState
 from gateway.common.status import status_name
-from gateway.history import APP_STATE_KEY, HistoryUnavailable, InfluxHistory
+from gateway.history import APP_STATE_KEY, HistoryReader, HistoryUnavailable
 from gateway.readings import TagValue
 
 log = logging.getLogger(__name__)
@@ -100,8 +104,8 @@ class HistoryPoint(BaseModel):
 class History(BaseModel):
     asset: str
     tag: str
-    store: str = Field(description="which store answered: influx (InfluxDB, when the Influx sink "
-                       "uses the v1 API) or local (in-memory ring, also the fallback when InfluxDB fails)",
+    store: str = Field(description="which store answered: influx (InfluxQL on InfluxDB 1.x/2.x/3.x), "
+                       "victoriametrics, or local (in-memory ring, also the fallback when those fail)",
                        examples=["local"])
     step_s: float | None
     points: list[HistoryPoint]
@@ -112,14 +116,14 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "unknown asset"}}
 
-    def asset_or_404(asset_id: str) -> AssetOut:
-        info = state.assets.get(asset_id)
+    def asset_or_404(caller: Principal, asset_id: str) -> AssetOut:
+        info = state.visible(caller.sites, asset_id)
         if info is None:
             raise HTTPException(404, f"no asset {asset_id!r}")
         return AssetOut(**vars(info))
 
     @router.get("/plcs", response_model=list[PlcOut], summary="PLCs with their endpoints and connection state")
-    async def plcs(_: Viewer) -> list[PlcOut]:
+    async def plcs(caller: Viewer) -> list[PlcOut]:
         sources = state.sources()
         out: list[PlcOut] = []
         by_plc: dict[str, list[SourceOut]] = {}
@@ -140,21 +144,23 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
             else:
                 endpoints = {s.protocol: s.endpoint for s in read_by}
             first = state.assets.get(assets[0]) if assets else None
+            site = plc.site if plc else (first.site if first else "")
+            if caller.sites and site not in caller.sites:
+                continue
             out.append(PlcOut(
-                id=plc_id, site=plc.site if plc else (first.site if first else ""),
+                id=plc_id, site=site,
                 area=plc.area if plc else (first.area if first else ""), endpoints=endpoints, sources=read_by,
                 connected=any(s.connected for s in read_by), assets=assets))
         return out
 
     @router.get("/assets", response_model=list[AssetOut], summary="Every asset the gateway reads")
-    async def assets(_: Viewer, type: str | None = None) -> list[AssetOut]:
-        return [AssetOut(**vars(a)) for a in sorted(state.assets.values(), key=lambda a: a.id)
-                if type is None or a.type == type]
+    async def assets(caller: Viewer, type: str | None = None) -> list[AssetOut]:
+        return [AssetOut(**vars(a)) for a in state.visible_assets(caller.sites) if type is None or a.type == type]
 
     @router.get("/assets/{asset_id}", response_model=AssetDetail, responses=not_found,
                 summary="An asset's type, place in the hierarchy and tag table")
-    async def asset(asset_id: str, _: Viewer) -> AssetDetail:
-        info = asset_or_404(asset_id)
+    async def asset(asset_id: str, caller: Viewer) -> AssetDetail:
+        info = asset_or_404(caller, asset_id)
         spec = state.catalogue_asset(asset_id)
         tags: list[TagOut] = []
         commands: list[CommandSpecOut] = []
@@ -173,8 +179,8 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
 
     @router.get("/assets/{asset_id}/values", response_model=AssetValues, responses=not_found,
                 summary="Latest value of every tag with unit, quality and source timestamp")
-    async def values(asset_id: str, _: Viewer) -> AssetValues:
-        info = asset_or_404(asset_id)
+    async def values(asset_id: str, caller: Viewer) -> AssetValues:
+        info = asset_or_404(caller, asset_id)
         readings = state.latest.asset(asset_id) or {}
         return AssetValues(**info.model_dump(), values={
             tag: TagReading(value=r.value, unit=r.unit, quality=r.quality_name, status_code=r.quality,
@@ -184,13 +190,13 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
     @router.get("/assets/{asset_id}/history", response_model=History, responses=not_found,
                 summary="History of one tag from InfluxDB or the local store, optionally aggregated per step")
     async def history(
-        asset_id: str, _: Viewer, request: Request,
+        asset_id: str, caller: Viewer, request: Request,
         tag: Annotated[str, Query(min_length=1, examples=["belt_speed"])],
         start: datetime | None = None, end: datetime | None = None,
         step: Annotated[float | None, Query(gt=0, le=86_400, description="bucket width in seconds: mean of "
                                                                          "numbers, last of others")] = None,
     ) -> History:
-        asset_or_404(asset_id)
+        asset_or_404(caller, asset_id)
         spec = state.catalogue_asset(asset_id)
         known = {t.key for t in spec.tags} if spec is not None else set(state.history.tags(asset_id))
         if tag not in known:
@@ -199,14 +205,14 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
             raise HTTPException(422, "start is after end")
         if (start is not None and start.tzinfo is None) or (end is not None and end.tzinfo is None):
             raise HTTPException(422, "start and end need a UTC offset, e.g. 2026-01-01T06:00:00Z")
-        influx: InfluxHistory | None = getattr(request.app.state, APP_STATE_KEY, None)
-        if influx is not None:
+        reader: HistoryReader | None = getattr(request.app.state, APP_STATE_KEY, None)
+        if reader is not None:
             try:
-                rows = await influx.query(asset_id, tag, start, end, step, MAX_POINTS)
+                rows = await reader.query(asset_id, tag, start, end, step, MAX_POINTS)
             except HistoryUnavailable as exc:
                 log.warning("history of %s.%s from the local ring: %s", asset_id, tag, exc)
             else:
-                return History(asset=asset_id, tag=tag, store="influx", step_s=step,
+                return History(asset=asset_id, tag=tag, store=reader.store, step_s=step,
                                points=[HistoryPoint(ts=r.ts, value=r.value, count=r.count) for r in rows])
         samples = state.history.query(asset_id, tag, start, end)
         if step is None:
@@ -216,25 +222,25 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
             points = [HistoryPoint(ts=b.start, value=b.value, count=b.count) for b in buckets[-MAX_POINTS:]]
         return History(asset=asset_id, tag=tag, store="local", step_s=step, points=points)
 
-    def by_type(type_name: str, keys: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    def by_type(caller: Principal, type_name: str, keys: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         out = []
-        for info in state.assets_of_type(type_name):
+        for info in state.assets_of_type(type_name, caller.sites):
             values = state.values(info.id)
             chosen = values if keys is None else {k: values.get(k) for k in keys}
             out.append({"asset": info.id, "plc": info.plc, "site": info.site, "area": info.area, **chosen})
         return out
 
     @router.get("/mine/kpis", summary="Mine KPIs: utilisation, availability, throughput, inventory")
-    async def mine_kpis(_: Viewer) -> list[dict[str, Any]]:
-        return by_type("mine")
+    async def mine_kpis(caller: Viewer) -> list[dict[str, Any]]:
+        return by_type(caller, "mine")
 
     @router.get("/lathes/jobs", summary="The current or last job of every lathe")
-    async def lathe_jobs(_: Viewer) -> list[dict[str, Any]]:
-        return by_type("lathe", LATHE_JOB_TAGS)
+    async def lathe_jobs(caller: Viewer) -> list[dict[str, Any]]:
+        return by_type(caller, "lathe", LATHE_JOB_TAGS)
 
     @router.get("/warehouse/inventory", summary="Rack slots of every warehouse and their content")
-    async def inventory(_: Viewer) -> list[dict[str, Any]]:
-        return [warehouse_inventory(state, info.id) for info in state.assets_of_type("warehouse")]
+    async def inventory(caller: Viewer) -> list[dict[str, Any]]:
+        return [warehouse_inventory(state, info.id) for info in state.assets_of_type("warehouse", caller.sites)]
 
     return router
 

@@ -1,9 +1,8 @@
-"""Routes of authentication and user management: token issue, who-am-I, users (admin)."""
+"""Routes of authentication: token issue, who-am-I, logout (revokes the token), own password change."""
 
 # No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
 # parameter types, which refer to closure variables a string annotation cannot see.
 
-from datetime import datetime
 from typing import Annotated
 from urllib.parse import parse_qs
 
@@ -13,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.api.auth import Authenticator, Principal, Role, client_ip
 from gateway.api.problems import problem
 from gateway.storage.audit import Actor, AuditLog
-from gateway.storage.users import UserExists, UserRecord
+from gateway.storage.users import UserChanges
 
 MAX_CREDENTIAL = 256  # bound Argon2's input so a huge password cannot be used to burn CPU
+MIN_PASSWORD = 12
 
 
 class Token(BaseModel):
@@ -28,26 +28,14 @@ class Me(BaseModel):
     sub: str = Field(examples=["op.smith"])
     role: Role
     anonymous: bool
+    sites: list[str] = Field(description="the sites whose assets the caller sees; empty: every site")
 
 
-class UserOut(BaseModel):
-    username: str
-    role: Role
-    disabled: bool
-    created_at: datetime
-
-    @classmethod
-    def of(cls, user: UserRecord) -> "UserOut":
-        return cls(username=user.username, role=user.role, disabled=user.disabled,  # type: ignore[arg-type]
-                   created_at=user.created_at)
-
-
-class UserCreate(BaseModel):
+class PasswordChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", examples=["op.smith"])
-    password: str = Field(min_length=12, max_length=MAX_CREDENTIAL)
-    role: Role = "viewer"
+    current_password: str = Field(min_length=1, max_length=MAX_CREDENTIAL)
+    new_password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_CREDENTIAL)
 
 
 # The token route reads the form itself (no python-multipart dependency), so OpenAPI is told here.
@@ -68,7 +56,6 @@ _TOKEN_FORM = {
 
 def build_auth_router(auth: Authenticator, audit: AuditLog) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["auth"])
-    admin = Depends(auth.require("admin"))
 
     @router.post(
         "/auth/token", response_model=Token, openapi_extra=_TOKEN_FORM,
@@ -109,27 +96,48 @@ def build_auth_router(auth: Authenticator, audit: AuditLog) -> APIRouter:
 
     @router.get("/auth/me", response_model=Me, summary="Who the token says the caller is")
     async def me(caller: Annotated[Principal, Depends(auth.require("viewer"))]) -> Me:
-        return Me(sub=caller.sub, role=caller.role, anonymous=caller.anonymous)
+        return Me(sub=caller.sub, role=caller.role, anonymous=caller.anonymous, sites=sorted(caller.sites))
 
-    @router.get("/users", response_model=list[UserOut], summary="Every user (admin)", dependencies=[admin])
-    async def list_users() -> list[UserOut]:
-        return [UserOut.of(user) for user in await auth.users.all()]
+    @router.post("/auth/logout", status_code=204, summary="Revoke the presented token until it expires",
+                 responses={401: {"description": "no token, or it is already invalid"}})
+    async def logout(caller: Annotated[Principal, Depends(auth.require("viewer"))], request: Request) -> Response:
+        if caller.anonymous:
+            raise HTTPException(401, "send the token to revoke: 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        await auth.logout(caller, client_ip(request))
+        return Response(status_code=204)
 
-    @router.post("/users", response_model=UserOut, status_code=201, summary="Create a user (admin)",
-                 responses={409: {"description": "the username is taken"}})
-    async def create_user(
-        body: UserCreate, request: Request, caller: Annotated[Principal, Depends(auth.require("admin"))]
-    ) -> UserOut:
-        actor = Actor(caller.sub, (caller.role,), client_ip(request))
-        try:
-            user = await auth.users.create(body.username, await auth.hash_password(body.password), body.role)
-        except UserExists:
-            await audit.append(actor.entry("user.create", "rejected", target={"user": body.username},
-                                           detail="username taken"))
-            raise HTTPException(409, f"user {body.username!r} already exists") from None
-        assert user is not None
-        await audit.append(actor.entry("user.create", "ok", target={"user": body.username},
-                                       requested={"role": body.role}))
-        return UserOut.of(user)
+    @router.post(
+        "/auth/password", response_model=Token,
+        summary="Change your own password; every token issued before is revoked, a new one is returned",
+        responses={401: {"description": "not authenticated"}, 403: {"description": "wrong current password"},
+                   429: {"description": "too many wrong passwords; see Retry-After"}},
+    )
+    async def change_password(
+        body: PasswordChange, caller: Annotated[Principal, Depends(auth.require("viewer"))], request: Request
+    ) -> Response | Token:
+        if caller.anonymous:
+            raise HTTPException(401, "authentication required: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        ip = client_ip(request)
+        actor, key = caller.actor(ip), f"{caller.sub}\0{ip}"
+        # The same limiter as logins: a stolen token must not become a password-guessing oracle.
+        wait = auth.limiter.retry_after(key)
+        if wait is not None:
+            await audit.append(actor.entry("auth.password", "rate_limited", target={"user": caller.sub}))
+            retry = max(1, int(wait + 0.999))
+            response = problem(429, "Too Many Requests", f"too many attempts; retry in {retry} s", request.url.path)
+            response.headers["Retry-After"] = str(retry)
+            return response
+        if await auth.authenticate(caller.sub, body.current_password) is None:
+            auth.limiter.failed(key)
+            await audit.append(actor.entry("auth.password", "denied", target={"user": caller.sub},
+                                           detail="wrong current password"))
+            raise HTTPException(403, "the current password is wrong")
+        auth.limiter.succeeded(key)
+        changes = UserChanges(password_hash=await auth.hash_password(body.new_password))
+        user = await auth.change_user(caller.sub, changes, actor, action="auth.password")
+        issued = auth.issue(user)
+        return Token(access_token=issued.access_token, expires_in=issued.expires_in)
 
     return router

@@ -4,22 +4,31 @@ Seed mapping: the warehouse twin's controller polled ``GET /commands/pending`` f
 had to execute. Here the gateway executes them itself, so the route is read-only: it lists the
 commands still waiting (state PENDING, oldest first) in the same shape as ``/api/v1/commands``.
 Its ``POST /commands/{id}/status`` has no equivalent: only the executor moves a command's state.
+
+Per-site scope (OWASP API1): a caller limited to some sites sees, cancels and submits commands only
+for the assets of its sites. To it any other asset or command does not exist: 404, whether unknown or
+out of scope, so the answer does not tell which. The audit log and its verification are gateway-wide:
+admin over every site.
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the Annotated[..., Depends(auth...)]
 # parameter types, which refer to closure variables a string annotation cannot see.
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.api.auth import Authenticator, Principal, client_ip
+from gateway.api.state import AssetScope, no_assets_known
 from gateway.commands.queue import CommandConflict, CommandQueue, CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest, CommandState, IdempotencyConflict
-from gateway.storage.audit import Actor, AuditLog
+from gateway.storage.audit import AuditLog
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 500
 
@@ -39,12 +48,31 @@ class AuditOut(BaseModel):
     channel: str
 
 
-def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: AuditLog) -> APIRouter:
+class AuditVerification(BaseModel):
+    intact: bool
+    rows: int = Field(description="rows checked")
+    first_broken_id: int | None = Field(description="the first row found changed, removed or out of order")
+    reason: str | None
+
+
+def build_commands_router(
+    queue: CommandQueue, auth: Authenticator, audit: AuditLog, *, scope: AssetScope = no_assets_known
+) -> APIRouter:
     router = APIRouter(tags=["commands"])
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
     Operator = Annotated[Principal, Depends(auth.require("operator"))]
-    Admin = Annotated[Principal, Depends(auth.require("admin"))]
+    Admin = Annotated[Principal, Depends(auth.require("admin", all_sites=True))]
+
+    async def command_in_scope(command_id: int, caller: Principal) -> CommandRecord:
+        """The command; 404 when it does not exist or its asset is out of the caller's scope."""
+        record = await queue.get(command_id)
+        visible = scope(caller.sites)
+        if record is None or (visible is not None and record.asset not in visible):
+            raise HTTPException(404, f"no command {command_id}")
+        return record
+
     errors: dict[int | str, dict[str, Any]] = {
+        404: {"description": "the asset is out of the caller's sites (or unknown, for such a caller)"},
         409: {"description": "Idempotency-Key reused with a different body"},
         422: {"description": "unknown asset or tag, read-only, out of range, wrong type"},
         428: {"description": "Idempotency-Key required by configuration"},
@@ -62,7 +90,12 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
         = None,
     ) -> CommandRecord:
-        actor = Actor(caller.sub, (caller.role,), client_ip(request), "rest")
+        actor = caller.actor(client_ip(request))
+        visible = scope(caller.sites)
+        if visible is not None and body.asset not in visible:
+            await audit.append(actor.entry(f"command.{body.command}", "rejected", target={"asset": body.asset},
+                                           detail="asset not in the caller's sites", correlation_id=idempotency_key))
+            raise HTTPException(404, f"no asset {body.asset!r}")
         try:
             record, replayed = await queue.submit(body, actor, idempotency_key)
         except CommandRejected as exc:
@@ -77,30 +110,29 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
 
     @router.get("/api/v1/commands", response_model=list[CommandRecord], summary="Commands, newest first")
     async def list_commands(
-        _: Viewer,
+        caller: Viewer,
         state: Annotated[list[CommandState] | None, Query(description="repeat for several")] = None,
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         before_id: int | None = None,
     ) -> list[CommandRecord]:
         records = await queue.list_commands(states=tuple(state or ()), asset=asset, limit=limit,
-                                            before_id=before_id)
+                                            before_id=before_id, assets=scope(caller.sites))
         return records
 
     @router.get("/api/v1/commands/{command_id}", response_model=CommandRecord,
                 responses={404: {"description": "no such command"}})
-    async def get_command(command_id: int, _: Viewer) -> CommandRecord:
-        record = await queue.get(command_id)
-        if record is None:
-            raise HTTPException(404, f"no command {command_id}")
-        return record
+    async def get_command(command_id: int, caller: Viewer) -> CommandRecord:
+        return await command_in_scope(command_id, caller)
 
     @router.post("/api/v1/commands/{command_id}/cancel", response_model=CommandRecord,
                  summary="Cancel a command still PENDING (operator)",
                  responses={404: {"description": "no such command"}, 409: {"description": "not pending"}})
     async def cancel(command_id: int, caller: Operator, request: Request) -> CommandRecord:
+        if caller.sites:
+            await command_in_scope(command_id, caller)
         try:
-            record = await queue.cancel(command_id, Actor(caller.sub, (caller.role,), client_ip(request)))
+            record = await queue.cancel(command_id, caller.actor(client_ip(request)))
         except KeyError:
             raise HTTPException(404, f"no command {command_id}") from None
         except CommandConflict as exc:
@@ -109,8 +141,8 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
 
     @router.get("/commands/pending", response_model=list[CommandRecord], tags=["seed routes"],
                 summary="Seed route: commands waiting to execute, oldest first")
-    async def pending(_: Viewer) -> list[CommandRecord]:
-        records = await queue.list_commands(states=("PENDING",), limit=MAX_PAGE)
+    async def pending(caller: Viewer) -> list[CommandRecord]:
+        records = await queue.list_commands(states=("PENDING",), limit=MAX_PAGE, assets=scope(caller.sites))
         return records[::-1]
 
     @router.get("/api/v1/audit", response_model=list[AuditOut], tags=["audit"],
@@ -123,5 +155,13 @@ def build_commands_router(queue: CommandQueue, auth: Authenticator, audit: Audit
     ) -> list[AuditOut]:
         entries = await audit.entries(limit=limit, before_id=before_id, action_prefix=action)
         return [AuditOut(**{**asdict(e), "roles": list(e.roles)}) for e in entries]
+
+    @router.get("/api/v1/audit/verify", response_model=AuditVerification, tags=["audit"],
+                summary="Recompute the audit log's hash chain (admin): intact, or the first broken row")
+    async def verify_audit(_: Admin) -> AuditVerification:
+        report = await audit.verify()
+        if not report.intact:
+            log.error("audit log: hash chain broken at row %s: %s", report.first_broken_id, report.reason)
+        return AuditVerification(**asdict(report))
 
     return router

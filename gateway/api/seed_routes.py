@@ -14,6 +14,10 @@
 | ``POST /simulator/start`` | command ``start_job(material, operation, tool_no, estimated_min)`` of a lathe |
 | ``GET /commands/pending`` | in routes_commands.py |
 
+Per-site scope (OWASP API1) holds here too: a caller limited to some sites sees only the machines of
+its sites (any other one is "not found", like an unknown one), orders only those, and gets the mine
+snapshots cut to them (``visibility.snapshot_in_scope``).
+
 The snapshot's ``zones`` group trucks by where their haul-cycle state puts them (pit, haul road,
 crusher, workshop); ``recommendations`` are simple rules over the latest values, for the dashboard's
 advice panel, not a planner.
@@ -34,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.alerts.store import AlertRecord
 from gateway.api.auth import Authenticator, Principal, client_ip
 from gateway.api.state import EdgeState
+from gateway.api.visibility import snapshot_in_scope
 from gateway.api.ws import WsClient, WsHub, accept, every, periodic, serve_client
 from gateway.commands.queue import CommandQueue, CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest, IdempotencyConflict
@@ -102,7 +107,8 @@ class MineSnapshots:
             "timestamp": format_ts(datetime.now(UTC)),
             "trucks": trucks, "crushers": crushers, "stockpiles": stockpiles,
             "zones": [{"zone": z, "trucks": ids, "count": len(ids)} for z, ids in sorted(zones.items())],
-            "kpis": kpis, "alerts": list(self.open_alerts.values()),
+            # Which asset the KPIs are read from: callers limited to some sites see them only with it.
+            "kpis": kpis, "kpis_asset": mines[0]["id"] if mines else None, "alerts": list(self.open_alerts.values()),
             "recommendations": recommendations(trucks, crushers, stockpiles),
         }
 
@@ -162,20 +168,25 @@ def build_seed_router(
                 "timestamp": format_ts(newest) if newest else None,
                 "data": {k: json_value(v) for k, v in sorted(state.values(asset_id).items())}}
 
-    def known(asset_id: str, type_name: str | None = None) -> None:
-        info = state.assets.get(asset_id)
+    def known(caller: Principal, asset_id: str, type_name: str | None = None) -> None:
+        """404 unless the asset exists, is of ``type_name`` and is in the caller's scope."""
+        info = state.visible(caller.sites, asset_id)
         if info is None or (type_name is not None and info.type != type_name):
             raise HTTPException(404, f"no {type_name or 'machine'} {asset_id!r}")
 
-    def target(type_name: str, given: str | None) -> str:
-        """The asset a seed order names, else the first asset of its type (the seed systems had one)."""
+    def target(caller: Principal, type_name: str, given: str | None) -> str:
+        """The asset a seed order names, else the caller's first asset of its type (the seed systems had one)."""
         if given is not None:
-            known(given, type_name)
+            known(caller, given, type_name)
             return given
-        assets = state.assets_of_type(type_name)
+        assets = state.assets_of_type(type_name, caller.sites)
         if not assets:
             raise HTTPException(404, f"no {type_name} asset")
         return assets[0].id
+
+    def snapshot_for(caller: Principal, snapshot: dict[str, Any]) -> dict[str, Any]:
+        visible = state.visible_ids(caller.sites)
+        return snapshot if visible is None else snapshot_in_scope(snapshot, visible)
 
     async def submit(request: CommandRequest, caller: Principal, http: Request) -> CommandRecord:
         actor = Actor(caller.sub, (caller.role,), client_ip(http), "rest")
@@ -188,14 +199,14 @@ def build_seed_router(
         return record
 
     @router.get("/machines", summary="Seed: every machine with its state and whether it is online")
-    async def machines(_: Viewer) -> list[dict[str, Any]]:
+    async def machines(caller: Viewer) -> list[dict[str, Any]]:
         return [{"id": a.id, "type": a.type, "plc": a.plc, "site": a.site, "area": a.area,
                  "state": json_value(state.values(a.id).get("state")), "online": connected(a.plc)}
-                for a in sorted(state.assets.values(), key=lambda a: a.id)]
+                for a in state.visible_assets(caller.sites)]
 
     @router.get("/machines/{machine_id}/data", summary="Seed: a machine's latest values")
-    async def machine(machine_id: str, _: Viewer) -> dict[str, Any]:
-        known(machine_id)
+    async def machine(machine_id: str, caller: Viewer) -> dict[str, Any]:
+        known(caller, machine_id)
         return machine_data(machine_id)
 
     @router.websocket("/ws/machines/{machine_id}")
@@ -203,7 +214,7 @@ def build_seed_router(
         principal = await accept(ws, auth, allow_query_token)
         if principal is None:
             return
-        if machine_id not in state.assets:
+        if state.visible(principal.sites, machine_id) is None:
             await ws.close(code=1008, reason=f"no machine {machine_id!r}")
             return
         client = WsClient(ws, queue_size, principal)
@@ -211,12 +222,12 @@ def build_seed_router(
                                                            lambda: machine_data(machine_id))])
 
     @router.get("/api/status", summary="Seed: gateway status")
-    async def status(_: Viewer) -> dict[str, Any]:
+    async def status(caller: Viewer) -> dict[str, Any]:
         sources = state.sources()
         up = sum(1 for s in sources if s.connected)
         return {"status": "ok" if up == len(sources) else "degraded", "gateway": state.gateway_id,
                 "started_at": format_ts(started()), "sources": {"total": len(sources), "connected": up},
-                "assets": len(state.assets),
+                "assets": len(state.visible_assets(caller.sites)),
                 "stream_clients": {t: hub.clients(t) for t in ("readings", "alerts", "commands", "mine")}}
 
     @router.get("/api/streaming-status", summary="Seed: the mine snapshot stream")
@@ -226,18 +237,20 @@ def build_seed_router(
                 "clients": hub.clients("mine"), "snapshots_kept": len(snapshots.ring), "last_snapshot": last}
 
     @router.get("/api/current-data", summary="Seed: the mine snapshot, built now")
-    async def current_data(_: Viewer) -> dict[str, Any]:
-        return snapshots.build()
+    async def current_data(caller: Viewer) -> dict[str, Any]:
+        return snapshot_for(caller, snapshots.build())
 
     @router.get("/api/historical-data", summary="Seed: recent mine snapshots, oldest first")
-    async def historical_data(_: Viewer, limit: Annotated[int, Query(ge=1, le=100_000)] = 100) -> dict[str, Any]:
-        items = list(snapshots.ring)[-limit:]
+    async def historical_data(
+        caller: Viewer, limit: Annotated[int, Query(ge=1, le=100_000)] = 100
+    ) -> dict[str, Any]:
+        items = [snapshot_for(caller, snapshot) for snapshot in list(snapshots.ring)[-limit:]]
         return {"count": len(items), "period_s": snapshots.period_s, "snapshots": items}
 
     @router.post("/order/process", status_code=202, response_model=CommandRecord,
                  summary="Seed: a warehouse process order (operator); picks a Raw slot when none is given")
     async def process_order(body: ProcessOrder, caller: Operator, http: Request) -> CommandRecord:
-        warehouse = target("warehouse", body.warehouse)
+        warehouse = target(caller, "warehouse", body.warehouse)
         slot = body.slot
         if slot is None:
             values = state.values(warehouse)
@@ -248,14 +261,14 @@ def build_seed_router(
         return await submit(CommandRequest(asset=warehouse, command="process", args=(slot,)), caller, http)
 
     @router.get("/api/sensor-data/{lathe_id}", summary="Seed: a lathe's latest sensor values")
-    async def sensor_data(lathe_id: str, _: Viewer) -> dict[str, Any]:
-        known(lathe_id, "lathe")
+    async def sensor_data(lathe_id: str, caller: Viewer) -> dict[str, Any]:
+        known(caller, lathe_id, "lathe")
         return machine_data(lathe_id)
 
     @router.post("/simulator/start", status_code=202, response_model=CommandRecord,
                  summary="Seed: start a lathe job (operator): command start_job")
     async def start_job(body: StartJob, caller: Operator, http: Request) -> CommandRecord:
-        lathe = target("lathe", body.lathe_id)
+        lathe = target(caller, "lathe", body.lathe_id)
         args = (body.material, body.operation, body.tool, body.estimated_min)
         return await submit(CommandRequest(asset=lathe, command="start_job", args=args), caller, http)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -19,6 +19,16 @@ class AssetInfo:
     plc: str
     site: str
     area: str
+
+
+# The caller's sites -> the ids of the assets it may see (OWASP API1), None meaning every asset. Routers
+# that hold no EdgeState get ``EdgeState.visible_ids`` as this.
+AssetScope = Callable[[Set[str]], frozenset[str] | None]
+
+
+def no_assets_known(sites: Set[str]) -> frozenset[str] | None:
+    """The scope where no assets are known: callers limited to sites see nothing (fail closed)."""
+    return None if not sites else frozenset()
 
 
 @dataclass(frozen=True)
@@ -120,8 +130,24 @@ class EdgeState:
                     return asset
         return None
 
-    def assets_of_type(self, type_name: str) -> list[AssetInfo]:
-        return sorted((a for a in self.assets.values() if a.type == type_name), key=lambda a: a.id)
+    def assets_of_type(self, type_name: str, sites: Set[str] = frozenset()) -> list[AssetInfo]:
+        return [a for a in self.visible_assets(sites) if a.type == type_name]
+
+    # -- per-site scope (OWASP API1): ``sites`` is the caller's, empty meaning every site. An asset out
+    # of scope is answered exactly like an unknown one, so its existence does not leak.
+
+    def visible(self, sites: Set[str], asset_id: str) -> AssetInfo | None:
+        """The asset when it exists and is in scope, else None."""
+        info = self.assets.get(asset_id)
+        return info if info is not None and (not sites or info.site in sites) else None
+
+    def visible_assets(self, sites: Set[str]) -> list[AssetInfo]:
+        """The assets in scope, by id."""
+        return sorted((a for a in self.assets.values() if not sites or a.site in sites), key=lambda a: a.id)
+
+    def visible_ids(self, sites: Set[str]) -> frozenset[str] | None:
+        """The ids of the assets in scope; None when the caller sees every asset."""
+        return None if not sites else frozenset(a.id for a in self.assets.values() if a.site in sites)
 
     def values(self, asset_id: str) -> dict[str, TagValue | None]:
         """Latest values of an asset by tag; enums as the catalogue's strings (what dashboards show)."""

@@ -13,6 +13,10 @@ default) and ``api.websocket.allow_query_token: false`` turns it off. Without a 
 unless anonymous read is on, the socket is accepted and closed at once with 1008 (policy violation),
 which a client can tell apart from a network failure, unlike an HTTP 403 on the upgrade.
 
+Per-site scope (OWASP API1): a client limited to some sites gets only what concerns the assets of its
+sites: ``/ws/stream`` selects only those (asking for another one is refused like an unknown asset),
+and the other topics pass each message through its cut in ``visibility.py``.
+
 Fixed-period streams schedule on absolute deadlines of ``loop.time()`` (n x period from the start),
 so sleep jitter never accumulates into drift; a missed deadline is skipped, not caught up in a burst.
 """
@@ -26,7 +30,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ from fastapi import APIRouter, HTTPException, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.api.auth import Authenticator, Principal
+from gateway.api.state import AssetScope, no_assets_known
+from gateway.api.visibility import TOPIC_CUTS, Cut
 from gateway.common.status import status_name
 from gateway.encoders.uns_json import format_ts, json_value
 from gateway.readings import Reading
@@ -95,10 +101,11 @@ class WsClient:
     """One connected socket: a bounded queue of serialised messages and the task that sends them."""
 
     def __init__(self, ws: WebSocket, queue_size: int, principal: Principal,
-                 readings: ReadingFilter | None = None) -> None:
+                 readings: ReadingFilter | None = None, visible: frozenset[str] | None = None) -> None:
         self.ws = ws
         self.principal = principal
         self.readings = readings
+        self.visible = visible  # the asset ids in the client's scope; None: every asset
         self.queue: deque[str] = deque()
         self.queue_size = queue_size
         self.dropped = 0  # total, for metrics and tests
@@ -131,9 +138,10 @@ class WsHub:
     """Topics ("readings", "alerts", "commands", "mine", ...) to their clients. Publishing is synchronous
     and cheap, so the pipeline and the services' listeners can call it directly."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuts: Mapping[str, Cut] = TOPIC_CUTS) -> None:
         self._topics: dict[str, set[WsClient]] = {}
         self._loop_time: Callable[[], float] | None = None
+        self.cuts = cuts
 
     def clients(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
@@ -146,8 +154,17 @@ class WsHub:
         clients = self._topics.get(topic)
         if clients:
             text = dumps(message)  # serialised once for every client
+            cut = self.cuts.get(topic)
+            scoped: dict[frozenset[str], str | None] = {}  # once per scope, too
             for client in list(clients):
-                client.offer(text)
+                if client.visible is None:
+                    client.offer(text)
+                    continue
+                if client.visible not in scoped:
+                    shown = cut(message, client.visible) if cut is not None else None
+                    scoped[client.visible] = dumps(shown) if shown is not None else None
+                if (scoped_text := scoped[client.visible]) is not None:
+                    client.offer(scoped_text)
 
     def publish_readings(self, readings: Sequence[Reading]) -> None:
         """One ``readings`` message per client whose filter selects something from the batch.
@@ -213,7 +230,7 @@ async def accept(ws: WebSocket, auth: Authenticator, allow_query_token: bool) ->
     elif allow_query_token:
         token = ws.query_params.get("token")
     try:
-        principal = auth.principal_of(token)
+        principal = await auth.principal_of(token)
     except HTTPException as exc:
         await ws.accept(subprotocol=subprotocol)
         await ws.close(code=POLICY_VIOLATION, reason=str(exc.detail)[:120])
@@ -271,7 +288,7 @@ def _csv(value: str | None, what: str) -> frozenset[str]:
 
 def build_ws_router(
     hub: WsHub, auth: Authenticator, *, queue_size: int = 256, allow_query_token: bool = True,
-    asset_exists: Callable[[str], bool] | None = None,
+    asset_exists: Callable[[str], bool] | None = None, scope: AssetScope = no_assets_known,
 ) -> APIRouter:
     router = APIRouter()
 
@@ -288,15 +305,20 @@ def build_ws_router(
             interval_ms = float(params.get("min_interval_ms") or 0)
             if not 0 <= interval_ms <= 3_600_000:
                 raise ValueError("min_interval_ms must be 0..3600000")
-            unknown = sorted(a for a in assets if asset_exists is not None and not asset_exists(a))
+            visible = scope(principal.sites)
+            unknown = sorted(a for a in assets if (asset_exists is not None and not asset_exists(a))
+                             or (visible is not None and a not in visible))
             if unknown:
                 raise ValueError(f"unknown asset(s): {', '.join(unknown)}")
         except ValueError as exc:
             # 1008 again: the request is refused by policy; the reason says what to fix.
             await ws.close(code=POLICY_VIOLATION, reason=str(exc)[:120])
             return
-        client = WsClient(ws, queue_size, principal, ReadingFilter(assets, tags, interval_ms / 1000.0))
-        await serve_client(ws, client, [hub.add("readings", client)])
+        if visible is not None and not assets:
+            assets = visible  # an empty filter means every asset: narrow it to the scope
+        client = WsClient(ws, queue_size, principal, ReadingFilter(assets, tags, interval_ms / 1000.0), visible)
+        # A client whose scope holds no asset at all is served nothing, rather than everything.
+        await serve_client(ws, client, [hub.add("readings", client)] if visible is None or assets else [])
 
     def topic_route(path: str, topic: str) -> None:
         @router.websocket(path)
@@ -304,7 +326,7 @@ def build_ws_router(
             principal = await accept(ws, auth, allow_query_token)
             if principal is None:
                 return
-            client = WsClient(ws, queue_size, principal)
+            client = WsClient(ws, queue_size, principal, visible=scope(principal.sites))
             await serve_client(ws, client, [hub.add(topic, client)])
 
         topic_stream.__name__ = f"ws_{topic}"

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
@@ -200,9 +200,10 @@ class CommandQueue:
         return await self.db.run(lambda conn: store.get_sync(conn, command_id))
 
     async def list_commands(self, *, states: tuple[str, ...] = (), asset: str | None = None, limit: int = 100,
-                   before_id: int | None = None) -> list[CommandRecord]:
+                   before_id: int | None = None, assets: Collection[str] | None = None) -> list[CommandRecord]:
+        """Newest first; ``assets`` limits them to the caller's scope (None: every asset)."""
         return await self.db.run(lambda conn: store.list_sync(conn, states=states, asset=asset, limit=limit,
-                                                              before_id=before_id))
+                                                              before_id=before_id, assets=assets))
 
     async def wait(self, command_id: int) -> CommandRecord:
         """The command once it reached a final state; bound it with ``asyncio.timeout``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
@@ -193,7 +193,8 @@ def count_pending_sync(conn: Connection, asset: str) -> int:
 
 def list_sync(
     conn: Connection, *, states: Sequence[str] = (), asset: str | None = None, limit: int = 100,
-    before_id: int | None = None, oldest_first: bool = False,
+    before_id: int | None = None, oldest_first: bool = False, assets: Collection[str] | None = None,
 ) -> list[CommandRecord]:
-    stmt = page(commands, limit=limit, before_id=before_id, states=states, asset=asset, oldest_first=oldest_first)
+    stmt = page(commands, limit=limit, before_id=before_id, states=states, asset=asset, assets=assets,
+                oldest_first=oldest_first)
     return [CommandRecord(**row._mapping) for row in conn.execute(stmt)]

@@ -55,6 +55,9 @@ class InfluxSinkConfig(BaseModel):
     flush_interval_ms: int = Field(default=1000, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
     outbox_max_rows: int = Field(default=1_000_000, ge=1)
+    # Where GET /api/v1/assets/{id}/history reads (gateway.history): auto = InfluxQL on /query with either API;
+    # VictoriaMetrics answers no InfluxQL, so it is named; off = the local ring only.
+    history: Literal["auto", "influxql", "victoriametrics", "off"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

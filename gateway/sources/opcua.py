@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.common.status import BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD_TIMEOUT
@@ -31,8 +33,9 @@ from gateway.readings import Reading, TagValue
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, utcnow
 from gateway.sources.config import OpcUaSourceConfig
 from gateway.sources.opcua_connect import new_client, quiet_disconnect
-from gateway.sources.opcua_points import OpcUaPoint, build_points, coerce_value, plain_value, resolve_nodes
-from gateway.sources.opcua_subscription import FeedSettings, SubscriptionFeed, bad_value
+from gateway.sources.opcua_points import OpcUaPoint, build_points, coerce_value, resolve_nodes
+from gateway.sources.opcua_subscription import FeedSettings, Notification, SubscriptionFeed
+from gateway.sources.opcua_wire import Sample, Unsupported, decode_read, sample_of
 
 if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
     from gateway.catalogue import Catalogue
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built
 _CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, UaError)
 
+_DECODE_ERRORS = (Unsupported, struct.error, IndexError, ValueError)
 READ_BACK_WINDOW_S = 2.0  # several PLC scans: long enough for a write to show, short enough to cost little
 
 
@@ -127,7 +131,7 @@ class OpcUaSource(SourceBase):
         # Nodes still unresolved are reported bad once per connection, as a refusal would be.
         for i, node in enumerate(self._nodes):
             if node is None:
-                feed.put(i, bad_value(BAD_NODE_ID_UNKNOWN))
+                feed.put(i, None, BAD_NODE_ID_UNKNOWN, None)
         await self._monitor(client, feed, [(i, n) for i, n in enumerate(self._nodes) if n is not None])
         if not await feed.wait_initial(self.config.timeout_s):
             log.warning("source %s: not every monitored item sent its initial value within %.1fs",
@@ -189,24 +193,19 @@ class OpcUaSource(SourceBase):
             self._lost(str(exc) or type(exc).__name__)
             return self.bad_readings(refs, BAD_NO_COMMUNICATION)
         now = utcnow()
-        readings = []
-        for i, dv in enumerate(values):
-            if dv is None:
-                readings.append(self.reading(self.points[i].ref, None, BAD_NODE_ID_UNKNOWN, now, now))
-            else:
-                readings.append(self._to_reading(i, dv, now))
-        return readings
+        return [
+            self.reading(self.points[i].ref, None, BAD_NODE_ID_UNKNOWN, now, now) if sample is None
+            else self._to_reading(i, *sample, now)
+            for i, sample in enumerate(values)
+        ]
 
-    def _to_reading(self, index: int, dv: ua.DataValue, now: datetime) -> Reading:
-        quality = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
+    def _to_reading(
+        self, index: int, value: TagValue | None, quality: int, stamp: datetime | None, now: datetime
+    ) -> Reading:
         if quality == BAD_NODE_ID_UNKNOWN:
             self._nodes[index] = None  # renumbered under us: look the path up again
             self._plan = None
-        value = plain_value(dv.Value.Value) if dv.Value is not None else None
-        source_ts: datetime = dv.SourceTimestamp or dv.ServerTimestamp or now
-        if source_ts.tzinfo is None:
-            source_ts = source_ts.replace(tzinfo=now.tzinfo)
-        return self.reading(self.points[index].ref, value, quality, source_ts, now)
+        return self.reading(self.points[index].ref, value, quality, stamp or now, now)
 
     async def _read_subscribed(self, client: Client) -> list[Reading]:
         feed = self._feed
@@ -235,11 +234,11 @@ class OpcUaSource(SourceBase):
             return readings + self.bad_readings([p.ref for p in self.points], BAD_NO_COMMUNICATION)
         return self._convert(feed.drain() + read_back)
 
-    def _convert(self, items: list[tuple[int, ua.DataValue]]) -> list[Reading]:
+    def _convert(self, items: list[Notification]) -> list[Reading]:
         now = utcnow()
-        return [self._to_reading(i, dv, now) for i, dv in items]
+        return [self._to_reading(i, value, status, stamp, now) for i, value, status, stamp in items]
 
-    async def _read_back_values(self) -> list[tuple[int, ua.DataValue]]:
+    async def _read_back_values(self) -> list[Notification]:
         """Current values of the points written since the last read. A command completes on its
         read-back, and a write of the value already there produces no data change at all."""
         now = time.monotonic()
@@ -251,7 +250,7 @@ class OpcUaSource(SourceBase):
         known = [(i, n) for i in indexes if (n := self._nodes[i]) is not None]
         nodes = [self._client.get_node(n) for _, n in known]
         results = await asyncio.wait_for(self._client.read_attributes(nodes), self.config.timeout_s)
-        return [(i, dv) for (i, _), dv in zip(known, results, strict=True)]
+        return [(i, *sample_of(dv)) for (i, _), dv in zip(known, results, strict=True)]
 
     def _read_plan(self) -> list[tuple[list[int], ua.ReadParameters]]:
         if self._plan is None:
@@ -265,13 +264,22 @@ class OpcUaSource(SourceBase):
                 self._plan.append(([i for i, _ in batch], params))
         return self._plan
 
-    async def _read_values(self) -> list[ua.DataValue | None]:
+    async def _read_values(self) -> list[Sample | None]:
         assert self._client is not None
-        out: list[ua.DataValue | None] = [None] * len(self.points)
+        uaclient = self._client.uaclient
+        out: list[Sample | None] = [None] * len(self.points)
         for indexes, params in self._read_plan():
-            results = await asyncio.wait_for(self._client.uaclient.read(params), self.config.timeout_s)
-            for i, dv in zip(indexes, results, strict=True):
-                out[i] = dv
+            request = ua.ReadRequest()
+            request.Parameters = params
+            data = await asyncio.wait_for(uaclient._send_request(request), self.config.timeout_s)
+            try:
+                results = decode_read(data)
+            except _DECODE_ERRORS:  # a shape the direct decoder does not follow: asyncua's decoder
+                response = struct_from_binary(ua.ReadResponse, data)
+                response.ResponseHeader.ServiceResult.check()
+                results = [sample_of(dv) for dv in response.Results]
+            for i, sample in zip(indexes, results, strict=True):
+                out[i] = sample
         return out
 
     def _node_of(self, asset: str, tag: str) -> tuple[OpcUaPoint, ua.NodeId]:

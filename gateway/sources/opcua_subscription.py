@@ -7,12 +7,16 @@ monitoring NodeIds that no longer mean the same variable. Values that changed wh
 down are not recovered (conventions §5.1: PLC -> gateway is latest-value sampling); the initial
 notification of each new monitored item carries the current value.
 
-The feed uses asyncua's service-level calls (CreateSubscription, CreateMonitoredItems) with its own
-publish callback rather than asyncua's ``Subscription`` class: that class starts one asyncio task
-per notification in handler mode, far too costly at tens of thousands of values per second, and
-its bounded iterator queue drops without counting. Here a notification is one tuple appended to a
-bounded deque that counts what it drops (ARCHITECTURE.md habit 5); the Poller drains it at every
-``read()``.
+The feed sends the Subscription services itself (CreateSubscription, CreateMonitoredItems, Publish,
+Republish) rather than using asyncua's ``Subscription`` class or its publish loop: that class starts
+one asyncio task per notification in handler mode, its iterator queue drops without counting, and
+asyncua's generic decoding of every PublishResponse was the largest single cost of the gateway.
+Here ``PUBLISHERS`` Publish requests are kept outstanding (Part 4 §5.13.5: the server can answer
+one subscription while the next request waits), responses are decoded by :mod:`opcua_wire`, and a
+notification is one tuple appended to a bounded deque that counts what it drops (ARCHITECTURE.md
+habit 5); the Poller drains it at every ``read()``. Sequence numbers are followed per
+subscription: a gap is filled with Republish while the server still holds the messages, and
+counted (``missed_messages``) when it no longer does.
 
 The ClientHandle of a monitored item is the index of its point in the source, so a notification is
 mapped back to its tag without a lookup table.
@@ -24,10 +28,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from asyncua import ua
@@ -35,9 +41,12 @@ from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from gateway.common.status import BAD_NODE_ID_UNKNOWN
+from gateway.common.status import BAD_NODE_ID_UNKNOWN, BAD_TIMEOUT
+from gateway.readings import TagValue
+from gateway.sources.opcua_wire import PublishBatch, Unsupported, batch_of, decode_publish, decode_republish
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,13 @@ _STALE_FLOOR_S = 1.0  # a very fast publishing interval must not make a scheduli
 _MAX_ITEM_QUEUE = 100  # server-side queue per item: enough to carry every sample between publishes
 # Monitored items that failed because the node is gone: the source looks their paths up again.
 _UNRESOLVED = frozenset({BAD_NODE_ID_UNKNOWN, BAD_NODE_ID_INVALID})
+PUBLISHERS = 2  # Publish requests kept outstanding
+_BAD_NO_SUBSCRIPTION = 0x80790000
+_BAD_TOO_MANY_PUBLISH_REQUESTS = 0x80780000
+_REPUBLISH_MAX = 16  # a longer gap is older than any retransmission queue worth asking
+_DECODE_ERRORS = (Unsupported, struct.error, IndexError, ValueError)
+
+Notification = tuple[int, TagValue | None, int, datetime | None]  # (point index, value, status, timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +85,7 @@ class _Subscription:
     stale_after_s: float
     last_publish: float
     items: int = 0
-
-
-def bad_value(code: int) -> ua.DataValue:
-    """A DataValue standing for a monitored item the server refused (no value, its StatusCode)."""
-    return ua.DataValue(StatusCode=ua.StatusCode(cast(Any, code)))
+    next_sequence: int = 0  # the sequence number the next NotificationMessage should carry (0: unknown)
 
 
 class SubscriptionFeed:
@@ -82,7 +94,7 @@ class SubscriptionFeed:
     def __init__(self, source_name: str, settings: FeedSettings) -> None:
         self.source_name = source_name
         self.settings = settings
-        self._queue: deque[tuple[int, ua.DataValue]] = deque()
+        self._queue: deque[Notification] = deque()
         self._subs: dict[int, _Subscription] = {}
         self._waiting: set[int] = set()  # handles whose first notification has not arrived yet
         self._initial = asyncio.Event()
@@ -92,6 +104,10 @@ class SubscriptionFeed:
         self._overflowing = False
         self.dropped = 0  # notifications dropped because read() fell behind (the oldest go first)
         self.received = 0
+        self.missed_messages = 0  # NotificationMessages lost in a gap that Republish could not fill
+        self._publishers: set[asyncio.Task[None]] = set()
+        self._acks: list[ua.SubscriptionAcknowledgement] = []
+        self._deliver = asyncio.Lock()  # a gap's Republish completes before later messages are queued
 
     @property
     def subscription_count(self) -> int:
@@ -151,7 +167,11 @@ class SubscriptionFeed:
         params.MaxNotificationsPerPublish = s.max_items_per_subscription
         params.PublishingEnabled = True
         params.Priority = 0
-        result = await client.uaclient.create_subscription(params, self._on_publish)
+        request = ua.CreateSubscriptionRequest()
+        request.Parameters = params
+        response = struct_from_binary(ua.CreateSubscriptionResponse, await client.uaclient._send_request(request))
+        response.ResponseHeader.ServiceResult.check()
+        result = response.Parameters
         # Stale after the revised lifetime: by then the server has deleted it anyway.
         interval_s = float(result.RevisedPublishingInterval or s.publishing_ms) / 1000.0
         keepalives = max(1, int(result.RevisedMaxKeepAliveCount or keepalive))
@@ -159,6 +179,11 @@ class SubscriptionFeed:
         stale_after = max(_STALE_FLOOR_S, interval_s * min(lifetime, 3 * keepalives) + s.timeout_s)
         sub = _Subscription(int(result.SubscriptionId), stale_after, time.monotonic())
         self._subs[sub.subscription_id] = sub
+        while len(self._publishers) < PUBLISHERS:
+            task = asyncio.get_running_loop().create_task(
+                self._publish_loop(client), name=f"publish-{self.source_name}")
+            self._publishers.add(task)
+            task.add_done_callback(self._publishers.discard)
         log.debug(
             "source %s: subscription %d, publishing %.0f ms, keep-alive x%d, stale after %.1fs",
             self.source_name, sub.subscription_id, interval_s * 1000, keepalives, stale_after,
@@ -204,30 +229,97 @@ class SubscriptionFeed:
             code = int(result.StatusCode.value)
             if code in _UNRESOLVED:
                 unresolved.append(index)
-            self.put(index, bad_value(code))
+            self.put(index, None, code, None)
         return unresolved
 
     # --- notifications ---------------------------------------------------------------------------
 
-    def _on_publish(self, result: ua.PublishResult) -> None:
-        """Called by asyncua's publish loop for every PublishResponse, keep-alives included."""
+    async def _publish_loop(self, client: Client) -> None:
+        """One outstanding Publish request at a time; ``PUBLISHERS`` of these run per feed."""
+        uaclient = client.uaclient
+        while not self._closed:
+            request = ua.PublishRequest()
+            request.Parameters.SubscriptionAcknowledgements, self._acks = self._acks, []
+            try:
+                # TimeoutHint 0: the server holds the request until it has something to say.
+                data = await uaclient._send_request(request, timeout=0)
+            except UaStatusCodeError as exc:
+                if exc.code == BAD_TIMEOUT:
+                    continue
+                if exc.code == _BAD_TOO_MANY_PUBLISH_REQUESTS and len(self._publishers) > 1:
+                    return  # the server allows fewer outstanding requests: this one steps back
+                if exc.code != _BAD_NO_SUBSCRIPTION or self._subs:
+                    self._problem = f"publish refused: {exc}"
+                return
+            except (ConnectionError, OSError, TimeoutError, UaError) as exc:
+                if not self._closed:
+                    self._problem = f"publish failed: {exc or type(exc).__name__}"
+                return
+            try:
+                batch = decode_publish(data)
+            except _DECODE_ERRORS:  # a shape the direct decoder does not follow: asyncua's decoder
+                response = struct_from_binary(ua.PublishResponse, data)
+                batch = batch_of(response.Parameters.SubscriptionId, response.Parameters.NotificationMessage,
+                                 response.Parameters)
+            async with self._deliver:
+                await self._on_batch(client, batch)
+
+    async def _on_batch(self, client: Client, batch: PublishBatch) -> None:
+        """Called for every PublishResponse, keep-alives included, in the order they arrived."""
         if self._closed:
             return
-        sub = self._subs.get(int(result.SubscriptionId))
+        sub = self._subs.get(batch.subscription_id)
         if sub is not None:
             sub.last_publish = time.monotonic()
-        data = result.NotificationMessage.NotificationData
-        if not data:
+        if batch.status_change is not None and batch.status_change & 0x80000000:
+            # BadTimeout: the server deleted the subscription (lifetime expired); BadShutdown...
+            name = ua.StatusCode(cast(Any, batch.status_change)).name
+            self._problem = f"subscription {batch.subscription_id}: {name}"
+        if not batch.has_data:
             return  # a keep-alive: only proves the subscription is alive
-        for notification in data:
-            if isinstance(notification, ua.DataChangeNotification):
-                for item in notification.MonitoredItems:
-                    self.put(int(item.ClientHandle), item.Value)
-            elif isinstance(notification, ua.StatusChangeNotification) and not notification.Status.is_good():
-                # BadTimeout: the server deleted the subscription (lifetime expired); BadShutdown...
-                self._problem = f"subscription {result.SubscriptionId}: {notification.Status.name}"
+        self._acks.append(ua.SubscriptionAcknowledgement(
+            SubscriptionId=batch.subscription_id, SequenceNumber=batch.sequence_number))
+        if sub is not None:
+            expected = sub.next_sequence
+            if expected and batch.sequence_number > expected:
+                await self._fill_gap(client, sub, range(expected, batch.sequence_number), batch.available)
+            sub.next_sequence = batch.sequence_number + 1
+        for index, value, status, stamp in batch.items:
+            self.put(index, value, status, stamp)
 
-    def put(self, index: int, value: ua.DataValue) -> None:
+    async def _fill_gap(self, client: Client, sub: _Subscription, missing: range, available: list[int]) -> None:
+        """Ask the server again for NotificationMessages that never arrived (Part 4 §5.13.6)."""
+        if len(missing) > _REPUBLISH_MAX:
+            self.missed_messages += len(missing)
+        else:
+            held = set(available)
+            for number in missing:
+                batch = await self._republish(client, sub, number) if number in held else None
+                if batch is None:
+                    self.missed_messages += 1
+                    continue
+                self._acks.append(
+                    ua.SubscriptionAcknowledgement(SubscriptionId=sub.subscription_id, SequenceNumber=number))
+                for index, value, status, stamp in batch.items:
+                    self.put(index, value, status, stamp)
+        log.warning("source %s: subscription %d skipped sequence numbers %d-%d (%d not recovered so far)",
+                    self.source_name, sub.subscription_id, missing.start, missing.stop - 1, self.missed_messages)
+
+    async def _republish(self, client: Client, sub: _Subscription, number: int) -> PublishBatch | None:
+        request = ua.RepublishRequest()
+        request.Parameters.SubscriptionId = sub.subscription_id
+        request.Parameters.RetransmitSequenceNumber = number
+        try:
+            data = await client.uaclient._send_request(request)
+            try:
+                return decode_republish(data, sub.subscription_id)
+            except _DECODE_ERRORS:
+                message = struct_from_binary(ua.RepublishResponse, data).NotificationMessage
+                return batch_of(sub.subscription_id, message)
+        except (UaError, ConnectionError, OSError, TimeoutError):
+            return None  # BadMessageNotAvailable or a lost link: the gap stays counted
+
+    def put(self, index: int, value: TagValue | None, status: int, stamp: datetime | None) -> None:
         queue = self._queue
         if len(queue) >= self.settings.queue_max:
             queue.popleft()
@@ -238,14 +330,14 @@ class SubscriptionFeed:
                     "source %s: more than %d notifications between two reads; dropping the oldest",
                     self.source_name, self.settings.queue_max,
                 )
-        queue.append((index, value))
+        queue.append((index, value, status, stamp))
         self.received += 1
         if self._waiting:
             self._waiting.discard(index)
             if not self._waiting and not self._building:
                 self._initial.set()
 
-    def drain(self) -> list[tuple[int, ua.DataValue]]:
+    def drain(self) -> list[Notification]:
         """Everything received since the previous drain, oldest first."""
         if not self._queue:
             return []
@@ -277,5 +369,7 @@ class SubscriptionFeed:
         return None
 
     def detach(self) -> None:
-        """Ignore anything the (old) connection may still deliver."""
+        """Ignore anything the (old) connection may still deliver, and stop asking for it."""
         self._closed = True
+        for task in list(self._publishers):
+            task.cancel()

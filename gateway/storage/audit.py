@@ -2,9 +2,16 @@
 
 Who did what, when, to which target, with what result, over which channel: logins (failed ones
 too), accepted and rejected commands and every command outcome, alert acknowledgements, user and
-rule changes. This class only ever INSERTs and SELECTs; nothing in the gateway updates or deletes
-audit rows. Appends take a Connection so they commit in the same transaction as the change they
-record: a command never changes state without its audit entry, and vice versa.
+rule changes. Nothing in the gateway updates or deletes audit rows; each row extends a hash chain
+(storage/chain.py), so a row changed or removed in the database is detected by :meth:`AuditLog.verify`.
+Appends take a Connection so they commit in the same transaction as the change they record: a
+command never changes state without its audit entry, and vice versa.
+
+Appends are serialised by a row lock on ``audit_chain_head`` (SELECT ... FOR UPDATE), held until the
+transaction commits: on PostgreSQL that orders writers across threads and processes; SQLite ignores
+FOR UPDATE but runs every transaction of a process on one thread and takes its write lock at the
+first write. Callers append last in their transaction, so the lock is held briefly and never while
+waiting for another row lock (no lock-order deadlock with the rows the change itself updates).
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select, update
 
+from gateway.storage.chain import HEAD_ID, ChainReport, entry_hash, verify_sync
 from gateway.storage.db import Database
-from gateway.storage.tables import audit_log, page
+from gateway.storage.tables import audit_chain_head, audit_log, page
 
 Channel = Literal["rest", "mqtt", "opcua", "modbus", "ws", "system"]
 
@@ -67,13 +75,20 @@ class AuditLog:
 
     @staticmethod
     def append_sync(conn: Connection, entry: AuditEntry) -> None:
-        conn.execute(
-            insert(audit_log).values(
-                ts=entry.ts, actor=entry.actor, roles=list(entry.roles), ip=entry.ip, action=entry.action,
-                target=entry.target, requested=entry.requested, result=entry.result, detail=entry.detail,
-                correlation_id=entry.correlation_id, channel=entry.channel,
-            )
-        )
+        head = conn.execute(select(audit_chain_head.c.hash).where(audit_chain_head.c.id == HEAD_ID)
+                            .with_for_update()).scalar_one_or_none()
+        if head is None:
+            raise RuntimeError("the audit chain head is missing: the audit log was tampered with")
+        fields = {
+            "ts": entry.ts, "actor": entry.actor, "roles": list(entry.roles), "ip": entry.ip,
+            "action": entry.action, "target": entry.target, "requested": entry.requested, "result": entry.result,
+            "detail": entry.detail, "correlation_id": entry.correlation_id, "channel": entry.channel,
+        }
+        digest = entry_hash(head, fields)
+        new_id = conn.execute(insert(audit_log).values(**fields, prev_hash=head, hash=digest)).inserted_primary_key
+        assert new_id is not None
+        conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == HEAD_ID)
+                     .values(hash=digest, last_id=int(new_id[0])))
 
     async def append(self, entry: AuditEntry) -> None:
         await self.db.run(lambda conn: self.append_sync(conn, entry))
@@ -97,3 +112,7 @@ class AuditLog:
             ]
 
         return await self.db.run(query)
+
+    async def verify(self) -> ChainReport:
+        """Recompute the hash chain: intact, or the first row found broken and why."""
+        return await self.db.run(verify_sync)

@@ -7,12 +7,15 @@ worker thread: it allows one writer at a time anyway, and serialising in-process
 
 SQLite runs in WAL mode with ``synchronous=NORMAL`` (like the outbox): it survives a killed process,
 which is what "the command queue survives a gateway restart" needs.
+
+:meth:`Database.start` brings the schema to the newest Alembic revision (storage/migrate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,13 +24,20 @@ from typing import Any, TypeVar
 from pydantic import Field
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from gateway.common.configfile import StrictModel
-from gateway.storage.tables import metadata
+from gateway.storage import migrate
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_FILE = "twinedge.db"
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back and may
+# simply run again (two writers took row locks in opposite orders, e.g. a cancel racing the expiry sweep).
+RETRYABLE_SQLSTATES = ("40P01", "40001")
+ATTEMPTS = 3
 
 
 class StorageConfig(StrictModel):
@@ -59,18 +69,19 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
+            if schema is not None:
+                raise ValueError("a schema is a PostgreSQL option; SQLite has one per file")
             # The one worker thread owns every connection, but not the thread that created the pool.
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True  # a restarted PostgreSQL must not fail the next command
-        engine = create_engine(self.url, **kwargs)
+            if schema is not None:
+                # Tests put each run in its own schema; tables are declared without one. The search
+                # path, unlike a schema_translate_map, also covers Alembic's ALTERs and reflection.
+                kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
+        self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
-        # Tests put each run in its own PostgreSQL schema; tables are declared without one.
-        self.engine: Engine = (
-            engine.execution_options(schema_translate_map={None: schema}) if schema else engine
-        )
-        self._raw_engine = engine
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         self.schema = schema
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else pool_threads, thread_name_prefix="twinedge-db"
@@ -81,15 +92,14 @@ class Database:
     def from_config(cls, config: StorageConfig, data_dir: Path) -> Database:
         return cls(config.resolved_url(data_dir))
 
-    def create_all_sync(self) -> None:
+    def upgrade_sync(self) -> None:
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        with self.engine.begin() as conn:
-            metadata.create_all(conn)
+        migrate.upgrade(self.engine)
 
     async def start(self) -> None:
-        """Create missing tables. Schema changes beyond that need a migration tool (Alembic)."""
-        await self.call(self.create_all_sync)
+        """Create the schema or migrate it to the newest revision (``alembic upgrade head``)."""
+        await self.call(self.upgrade_sync)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking function on the database threads."""
@@ -97,8 +107,17 @@ class Database:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     def transaction_sync(self, fn: Callable[[Connection], T]) -> T:
-        with self.engine.begin() as conn:
-            return fn(conn)
+        attempt = 1
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except OperationalError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt == ATTEMPTS:
+                    raise
+                log.info("storage: transaction rolled back (%s), attempt %d of %d", sqlstate, attempt, ATTEMPTS)
+                attempt += 1
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` in one transaction: committed if it returns, rolled back if it raises."""
@@ -113,5 +132,5 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        await self.call(self._raw_engine.dispose)
+        await self.call(self.engine.dispose)
         self._executor.shutdown(wait=True)

@@ -1,13 +1,15 @@
 """Table definitions (SQLAlchemy Core): one metadata shared by every store.
 
 Declared without a schema so one definition serves SQLite and PostgreSQL (and a per-test schema
-through ``schema_translate_map``). Timestamps are stored as UTC and always read back timezone-aware:
-SQLite keeps no offset, and naive datetimes compared with aware ones raise at the worst moment.
+through PostgreSQL's ``search_path``). The schema of a database is made by the Alembic revisions in
+``migrations/versions``; a test checks that they and these tables agree. Timestamps are stored as UTC
+and always read back timezone-aware: SQLite keeps no offset, and naive datetimes compared with aware
+ones raise at the worst moment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +62,21 @@ users = Table(
     Column("role", String(16), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # The sites whose assets the user may see (OWASP API1); empty: every site.
+    Column("sites", JSON, nullable=False, server_default=text("'[]'")),
+    # Changes on every security-relevant change of the user (password, role, sites, disabled) and is
+    # copied into each token: a token carrying an older stamp is revoked. Random rather than a counter,
+    # so a user deleted and created again under the same name does not revive the old tokens.
+    Column("token_stamp", String(32), nullable=False, server_default=""),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    # Tokens logged out before they expired; a row is useless once its token has expired and is pruned.
+    Column("jti", String(64), primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),
 )
 
 alert_rules = Table(
@@ -160,20 +177,37 @@ audit_log = Table(
     Column("detail", Text, nullable=True),
     Column("correlation_id", String(255), nullable=True),
     Column("channel", String(16), nullable=False),
+    # Tamper evidence: hash = SHA-256 over (prev_hash, the row's fields); see storage/chain.py.
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    # One row (id 1): the hash of the newest audit row. Appends lock it (SELECT ... FOR UPDATE), so
+    # concurrent writers, in one process or several sharing PostgreSQL, extend the chain one at a time,
+    # and removing rows from the end of the log is detected.
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", Integer, nullable=True),
+    Column("hash", String(64), nullable=False),
 )
 
 
 def page(
     table: Table, *, limit: int, before_id: int | None = None, states: Sequence[str] = (),
-    asset: str | None = None, oldest_first: bool = False,
+    asset: str | None = None, assets: Collection[str] | None = None, oldest_first: bool = False,
 ) -> Select[Any]:
     """One page of ``table`` by id, newest first unless ``oldest_first``; ``before_id`` is the smallest
-    id of the previous page, ``states`` and ``asset`` (for tables with those columns) filter."""
+    id of the previous page, ``states``, ``asset`` and ``assets`` (the caller's scope; None: all) filter
+    tables with those columns."""
     stmt = select(table).order_by(table.c.id if oldest_first else table.c.id.desc()).limit(limit)
     if states:
         stmt = stmt.where(table.c.state.in_(states))
     if asset is not None:
         stmt = stmt.where(table.c.asset == asset)
+    if assets is not None:
+        stmt = stmt.where(table.c.asset.in_(sorted(assets)))
     if before_id is not None:
         stmt = stmt.where(table.c.id < before_id)
     return stmt

@@ -1,52 +1,30 @@
-"""History of a tag from InfluxDB, for ``GET /api/v1/assets/{id}/history`` (issue 7).
+"""History with InfluxQL over ``GET /query``: InfluxDB 1.x, and InfluxDB 2.x/3.x through their 1.x-compatible
+endpoint (``gateway.history`` says when).
 
-When ``sinks.influx`` is enabled with ``api: v1`` (InfluxDB 1.x), the history route asks InfluxDB with
-InfluxQL over ``GET /query`` instead of the in-memory ring, so history reaches back beyond the ring's
-``api.history_per_tag`` samples. The schema is the one the Influx sink writes (``gateway.encoders.
-line_protocol``): measurement ``telemetry``, tags ``asset``, ``tag``, ``quality``, ..., fields ``value``
-(float), ``value_str`` (strings) and ``status``. Like the local ring, only Good samples are returned.
+The schema is the one the Influx sink writes (``gateway.encoders.line_protocol``): measurement ``telemetry``, tags
+``asset``, ``tag``, ``quality``, ..., fields ``value`` (float), ``value_str`` (strings) and ``status``. Like the
+local ring, only Good samples are returned.
 
 - Raw (no ``step``): the newest ``limit`` points in the range, ``value`` or else ``value_str``.
-- With ``step``: ``GROUP BY time(<step>) fill(none)``, the mean of ``value`` (the last ``value_str``
-  for string tags) and ``count("status")`` as the bucket's sample count. InfluxDB aligns buckets on
-  multiples of the step since the epoch; the local ring aligns them on the first sample. Without a
-  ``start`` the range begins ``limit`` steps before ``end`` (or now), so the query stays bounded.
-
-Any failure (connection refused, timeout, an HTTP or InfluxQL error, an unparsable answer) raises
-:class:`HistoryUnavailable`; the route then answers from the local ring and says ``store: "local"``.
-
-``api: v2`` is not read: InfluxDB 2.x answers Flux on ``/api/v2/query`` (and InfluxQL on its v1
-compatibility ``/query`` only with a DBRP mapping set up by hand), and VictoriaMetrics, the usual v2
-target here, accepts line protocol writes but answers no InfluxQL or Flux, only PromQL/MetricsQL
-(``/api/v1/query_range`` on series ``telemetry_value{asset=..., tag=...}``). With v2 the route keeps
-answering from the local ring; :func:`history_reader` returns None for it.
+- With ``step``: ``GROUP BY time(<step>) fill(none)``, the mean of ``value`` (the last ``value_str`` for string
+  tags) and ``count("status")`` as the bucket's sample count. InfluxDB aligns buckets on multiples of the step since
+  the epoch. Without a ``start`` the range begins ``limit`` steps before ``end`` (or now), so the query stays
+  bounded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from gateway.encoders.line_protocol import MEASUREMENT, to_ns
+from gateway.history.base import DEFAULT_TIMEOUT_S, HistoryHttp, HistoryRow, HistoryUnavailable
 from gateway.readings import TagValue
 from gateway.sinks.influx import InfluxSinkConfig
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-APP_STATE_KEY = "influx_history"  # where the runtime puts the reader on the FastAPI app's state
-
-
-class HistoryUnavailable(Exception):
-    """InfluxDB could not answer; the caller falls back to the local ring."""
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    ts: datetime  # the sample's source timestamp, or the bucket start with a step
-    value: TagValue | None
-    count: int = 1
 
 
 def quote_literal(value: str) -> str:
@@ -98,7 +76,14 @@ def parse_answer(body: Any, step_s: float | None) -> list[HistoryRow]:
         raise HistoryUnavailable(f"InfluxDB: {result['error']}")
     rows: list[HistoryRow] = []
     for series in result.get("series") or []:
-        for ts, number, text, *rest in series.get("values") or []:
+        # VictoriaMetrics answers every /query with a canned database list: not an answer to this query.
+        if series.get("name") != MEASUREMENT:
+            raise HistoryUnavailable(f"the /query answer is about {series.get('name')!r}, not {MEASUREMENT!r}")
+        for row in series.get("values") or []:
+            try:
+                ts, number, text, *rest = row
+            except (TypeError, ValueError):
+                raise HistoryUnavailable(f"unexpected row {row!r} in the InfluxDB answer") from None
             value: TagValue | None = number if number is not None else text
             if step_s is None:
                 if value is None:
@@ -113,38 +98,22 @@ def parse_answer(body: Any, step_s: float | None) -> list[HistoryRow]:
 
 
 class InfluxHistory:
-    """Reads a tag's history from InfluxDB 1.x with InfluxQL (``GET /query``)."""
+    """Reads a tag's history with InfluxQL (``GET /query``)."""
 
-    store = "influx"
+    store: ClassVar[str] = "influx"
 
-    def __init__(self, config: InfluxSinkConfig, timeout_s: float = 5.0,
+    def __init__(self, config: InfluxSinkConfig, timeout_s: float = DEFAULT_TIMEOUT_S,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        auth = (config.username, config.password or "") if config.username else None
-        self._http = httpx.AsyncClient(base_url=config.url, timeout=min(timeout_s, config.timeout_s), auth=auth,
-                                       transport=transport)
+        # InfluxDB 2.x/3.x map the 1.x ``db`` parameter to a bucket (2.x through a DBRP mapping, 3.x directly).
+        self.database = config.database if config.api == "v1" else config.bucket
+        self._http = HistoryHttp(config, "InfluxDB", timeout_s, transport)
 
     async def query(self, asset: str, tag: str, start: datetime | None, end: datetime | None,
                     step_s: float | None, limit: int) -> list[HistoryRow]:
         q = build_query(asset, tag, start, end, step_s, limit)
-        try:
-            response = await self._http.get("/query", params={"db": self.config.database, "q": q, "epoch": "u"})
-        except httpx.HTTPError as exc:
-            raise HistoryUnavailable(f"InfluxDB at {self.config.url}: {exc!r}") from None
-        if response.status_code != 200:
-            raise HistoryUnavailable(f"InfluxDB answered {response.status_code}: {response.text[:200]}")
-        try:
-            body = response.json()
-        except ValueError:
-            raise HistoryUnavailable("InfluxDB answered something that is not JSON") from None
+        body = await self._http.get_json("/query", {"db": self.database, "q": q, "epoch": "u"})
         return parse_answer(body, step_s)
 
     async def close(self) -> None:
-        await self._http.aclose()
-
-
-def history_reader(config: InfluxSinkConfig) -> InfluxHistory | None:
-    """The reader for ``sinks.influx``, or None when history stays local (sink off, or the v2 API)."""
-    if not config.enabled or config.api != "v1":
-        return None
-    return InfluxHistory(config)
+        await self._http.close()

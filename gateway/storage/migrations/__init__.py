@@ -1,0 +1,1 @@
+"""Alembic migration environment of the edge database (see gateway/storage/migrate.py)."""
