@@ -76,7 +76,8 @@ def _same(direct: tuple[Any, ...], reference: tuple[Any, ...]) -> None:
         if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
             assert math.isnan(b)
         else:
-            assert a == b and type(a) is type(b), (direct, reference)
+            assert a == b, (direct, reference)
+            assert type(a) is type(b), (direct, reference)
 
 
 def _publish_bytes(message: ua.NotificationMessage, available: list[int], more: bool = False) -> bytes:
