@@ -37,6 +37,10 @@ ROUTES = [
     ("GET", "/api/v1/users", None, "admin"),
     ("POST", "/api/v1/users", {"username": "new", "password": "long-enough-pw", "role": "viewer"}, "admin"),
     ("GET", "/api/v1/audit", None, "admin"),
+    ("GET", "/api/v1/audit/verify", None, "admin"),
+    ("GET", "/api/v1/users/viewer", None, "admin"),
+    ("PATCH", "/api/v1/users/nobody", {"role": "viewer"}, "admin"),
+    ("DELETE", "/api/v1/users/nobody", None, "admin"),
 ]
 RANK = {None: -1, "viewer": 0, "operator": 1, "admin": 2}
 

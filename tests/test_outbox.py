@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.sinks.outbox import AsyncOutbox, Outbox
 
@@ -189,3 +191,36 @@ async def test_async_outbox(tmp_path: Path) -> None:
         assert ob.dropped_total == 1
     finally:
         await ob.close()
+
+
+def _from_file(outbox: Outbox, n: int, after_id: int) -> list[tuple[int, str, bytes]]:
+    rows = outbox._db.execute(
+        "SELECT id, key, payload FROM records WHERE id > ? ORDER BY id LIMIT ?", (after_id, n)
+    ).fetchall()
+    return [(int(i), str(k), bytes(p)) for i, k, p in rows]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 12), st.integers(1, 15), st.lists(
+    st.tuples(st.sampled_from(["append", "ack", "discard", "peek"]), st.integers(0, 9), st.integers(0, 40)),
+    max_size=40))
+def test_memory_tail_answers_like_the_file(tmp_path_factory: pytest.TempPathFactory, max_rows: int, tail_max: int,
+                                           ops: list[tuple[str, int, int]]) -> None:
+    """Whatever mix of appends, acks, discards and overflow: peek (from the memory tail when it
+    can) returns exactly what the SQLite file holds."""
+    outbox = Outbox(tmp_path_factory.mktemp("tail") / "ob.sqlite", max_rows, tail_max=tail_max)
+    serial = 0
+    try:
+        for op, size, ref in ops:
+            if op == "append":
+                batch = [("k", f"r{serial + i}".encode()) for i in range(size)]
+                serial += size
+                outbox.append(batch)
+            elif op in ("ack", "discard"):
+                getattr(outbox, op)(ref)
+            for n, after in ((size + 1, ref), (1000, 0), (3, serial // 2)):
+                got = [(r.id, r.key, r.payload) for r in outbox.peek(n, after)]
+                assert got == _from_file(outbox, n, after)
+            assert outbox.depth() == len(_from_file(outbox, 10_000, 0))
+    finally:
+        outbox.close()

@@ -24,6 +24,7 @@ from gateway.api.ws import WsClient, WsHub, every
 from gateway.commands.store import CommandRequest
 from gateway.readings import Reading
 from gateway.storage.audit import Actor
+from tests.edge_support import token
 from tests.fixtures.servers import free_port
 from tests.test_api_routes import T0, Api, readings, start_api
 
@@ -134,6 +135,56 @@ async def test_alert_and_command_streams(served: Served) -> None:
             CommandRequest(asset="conveyor-01", command="stop"), Actor("operator", ("operator",)))
         states = [(await recv(commands))["state"] for _ in range(3)]
         assert states == ["PENDING", "IN_PROGRESS", "COMPLETED"]
+
+
+async def test_handshake_honours_revocation(served: Served) -> None:
+    api = served.api
+    await api.client.post("/api/v1/auth/logout", headers=api.auth("viewer"))
+    assert await close_code(f"{served.url}/ws/stream", subprotocols=bearer(served, "viewer")) == 1008
+    changed = await api.client.patch("/api/v1/users/operator", headers=api.auth("admin"), json={"role": "viewer"})
+    assert changed.status_code == 200
+    assert await close_code(f"{served.url}/ws/alerts", subprotocols=bearer(served, "operator")) == 1008
+    async with connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "admin")) as ws:
+        assert ws.subprotocol == "bearer"
+
+
+async def _site_user(api: Api, name: str, site: str) -> list[Any]:
+    created = await api.client.post("/api/v1/users", headers=api.auth("admin"), json={
+        "username": name, "password": f"{name}-password", "role": "viewer", "sites": [site]})
+    assert created.status_code == 201, created.text
+    return ["bearer", await token(api.client, name, f"{name}-password")]
+
+
+async def test_streams_deliver_only_the_callers_sites(served: Served) -> None:
+    api, hub = served.api, served.api.hub
+    mine, shop = await _site_user(api, "mine.viewer", "mine"), await _site_user(api, "shop.viewer", "factory")
+    assert await close_code(f"{served.url}/ws/stream?assets=conveyor-01", subprotocols=mine) == 1008
+    assert await close_code(f"{served.url}/ws/machines/lathe-01", subprotocols=mine) == 1008
+    async with connect(f"{served.url}/ws/stream", subprotocols=mine) as stream, \
+            connect(f"{served.url}/ws/stream?assets=truck-01,mine", subprotocols=mine) as chosen, \
+            connect(f"{served.url}/ws/alerts", subprotocols=mine) as alerts, \
+            connect(f"{served.url}/ws/commands", subprotocols=mine) as commands, \
+            connect(f"{served.url}/ws/mine", subprotocols=shop) as shop_mine, \
+            connect(f"{served.url}/ws/mine", subprotocols=mine) as mine_mine:
+        for topic, count in (("readings", 2), ("alerts", 1), ("commands", 1), ("mine", 2)):
+            await _subscribers(hub, topic, count)
+        hub.publish_readings(readings(T0))
+        assert {r["asset"] for r in (await recv(stream))["readings"]} == {"truck-01", "crusher-01", "stockpile-01",
+                                                                          "mine"}
+        assert {r["asset"] for r in (await recv(chosen))["readings"]} == {"truck-01", "mine"}
+        for asset in ("conveyor-01", "truck-01"):
+            hub.publish("alerts", {"type": "alert", "alert": {"id": 1, "asset": asset}})
+            hub.publish("commands", {"type": "command", "command": {"id": 1, "asset": asset}})
+        assert (await recv(alerts))["alert"]["asset"] == "truck-01"
+        assert (await recv(commands))["command"]["asset"] == "truck-01"
+        hub.publish("mine", {"type": "mine_snapshot", **api.snapshots.build()})
+        shop_view, mine_view = await recv(shop_mine), await recv(mine_mine)
+        assert (shop_view["trucks"], shop_view["kpis"], shop_view["alerts"]) == ([], {}, [])
+        assert [t["id"] for t in mine_view["trucks"]] == ["truck-01"]
+        assert mine_view["kpis"]
+        for ws in (stream, alerts, commands):  # nothing else was queued for them
+            with pytest.raises(TimeoutError):
+                await recv(ws, within_s=0.1)
 
 
 class _StuckSocket:

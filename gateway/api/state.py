@@ -6,6 +6,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from gateway.catalogue import Catalogue, CatalogueAsset
 from gateway.latest import LatestValues
@@ -40,8 +41,10 @@ class SourceStatus:
     plc: str | None = None  # the catalogue PLC it reads, None for hand-listed tags
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
+    """One kept sample. A tuple, not a dataclass: one is built per value read, and a frozen
+    dataclass cost several times as much to build."""
+
     ts: datetime  # source timestamp
     value: TagValue | None
     quality: int
@@ -67,16 +70,20 @@ class RecentHistory:
         self._rings: dict[tuple[str, str], deque[Sample]] = {}
 
     def add(self, readings: Iterable[Reading]) -> None:
+        rings = self._rings
         for r in readings:
-            if r.value is None:
+            value = r.value
+            if value is None:
                 continue
-            ring = self._rings.get((r.asset, r.tag))
+            key = (r.asset, r.tag)
+            ring = rings.get(key)
             if ring is None:
-                ring = self._rings[(r.asset, r.tag)] = deque(maxlen=self.per_tag)
+                ring = rings[key] = deque(maxlen=self.per_tag)
+            ts = r.source_ts
             # Two sources may read the same PLC: keep one sample per source timestamp.
-            if ring and ring[-1].ts >= r.source_ts:
+            if ring and ring[-1][0] >= ts:
                 continue
-            ring.append(Sample(r.source_ts, r.value, r.quality))
+            ring.append(Sample(ts, value, r.quality))
 
     def tags(self, asset: str) -> list[str]:
         return sorted(tag for (a, tag) in self._rings if a == asset)

@@ -93,21 +93,32 @@ def encode_line(r: Reading) -> str:
 
 
 class LineProtocolEncoder:
-    """Serializer with a bounded cache of series keys (the tag set repeats every poll)."""
+    """Serializer with a bounded cache of series keys (the tag set repeats every poll).
+
+    A tag's site, area and unit never change, so (device, asset, tag, StatusCode) identifies its
+    series key; the timestamp of a batch is shared by many readings and converted once."""
 
     def __init__(self, cache_size: int = 100_000) -> None:
-        self._cache: dict[tuple[str, str, str, str, str, str | None, str], str] = {}
+        self._cache: dict[tuple[str, str, str, int], str] = {}
         self._cache_size = cache_size
 
     def encode(self, batch: Sequence[Reading]) -> list[str]:
         out: list[str] = []
         cache = self._cache
+        stamps: dict[datetime, int] = {}
         for r in batch:
-            key = (r.site, r.area, r.asset, r.device, r.tag, r.unit, quality_class(r.quality))
+            key = (r.device, r.asset, r.tag, r.quality)
             prefix = cache.get(key)
             if prefix is None:
                 if len(cache) >= self._cache_size:
                     cache.clear()
                 prefix = cache[key] = series_key(r)
-            out.append(f"{prefix} {format_fields(r.value, r.quality)} {to_ns(r.source_ts)}")
+            ns = stamps.get(r.source_ts)
+            if ns is None:
+                ns = stamps[r.source_ts] = to_ns(r.source_ts)
+            value = r.value
+            if type(value) is float and math.isfinite(value):  # the common case, without format_fields' checks
+                out.append(f"{prefix} value={value!r},status={r.quality}i {ns}")
+            else:
+                out.append(f"{prefix} {format_fields(value, r.quality)} {ns}")
         return out

@@ -18,22 +18,25 @@ removed with :meth:`Outbox.discard` and counted in ``discarded_total``.
 Because records leave only from the front (ack, discard and overflow all delete a prefix), the
 live ids always form one contiguous range; ``depth`` is tracked in memory from that invariant.
 
+Records appended in this process are also kept in memory (the newest ``tail_max``), so a sink
+that keeps up reads what it just wrote from memory instead of selecting it back from SQLite: the
+file is written for durability and read only after a restart or by a sink that fell far behind.
+
 The class is synchronous and not thread-safe; async code wraps it in :class:`AsyncOutbox`, which
-runs every call on one dedicated thread so the event loop never blocks on disk.
+calls it on the event loop thread itself. That blocks the loop for the length of one transaction
+(with WAL and ``synchronous=NORMAL`` a commit does not wait for the disk; appending 500 records took
+about 1 ms here), which costs less than handing every call to a worker thread did: the thread
+hand-offs were an eighth of the gateway's CPU at 13,000 values/s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
-
-_T = TypeVar("_T")
+from typing import Literal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -69,6 +72,7 @@ class Outbox:
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         clock: Callable[[], float] = time.time,
+        tail_max: int = 20_000,
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
@@ -76,9 +80,8 @@ class Outbox:
         self.max_rows = max_rows
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so each append is exactly one
-        # transaction. check_same_thread=False: AsyncOutbox moves all calls to one worker thread.
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so each append is exactly one transaction.
+        self._db = sqlite3.connect(str(self.path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
@@ -90,6 +93,10 @@ class Outbox:
         self._discarded = self._counter("discarded_total")
         self._oldest_created: float | None = self._query_oldest()
         self._closed = False
+        # The newest appended records, contiguous ids, oldest first: _tail[_tail_start:] is live.
+        self._tail: list[OutboxRecord] = []
+        self._tail_start = 0
+        self._tail_max = tail_max
 
     # -- counters ---------------------------------------------------------------------------------
 
@@ -133,6 +140,8 @@ class Outbox:
                 "INSERT INTO records(created, key, payload) VALUES (?, ?, ?)",
                 [(now, key, payload) for key, payload in records],
             )
+            # Read before the counters' upsert below, which changes last_insert_rowid().
+            last_id = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
             overflow = self._depth + len(records) - self.max_rows
             if overflow > 0:
                 # Oldest are the smallest ids (ids only grow): delete exactly `overflow` of them.
@@ -151,11 +160,49 @@ class Outbox:
         self._dropped += dropped
         if oldest is not None:
             self._oldest_created = oldest
+        self._remember(last_id - len(records) + 1, records, now)
+        if dropped:  # live ids are contiguous and end at last_id
+            self._forget_upto(last_id - self._depth)
         return dropped
+
+    def _remember(self, first_id: int, records: Sequence[tuple[str, bytes]], created: float) -> None:
+        """Keep the records just committed in the memory tail. One transaction holds the write lock
+        and AUTOINCREMENT ids only grow, so its rows got consecutive ids ending at the last one."""
+        tail = self._tail
+        if tail and tail[-1].id != first_id - 1:
+            tail.clear()  # not contiguous (cannot happen with one writer): start over
+            self._tail_start = 0
+        tail.extend(OutboxRecord(first_id + i, key, payload, created) for i, (key, payload) in enumerate(records))
+        excess = len(tail) - self._tail_start - self._tail_max
+        if excess > 0:
+            self._tail_start += excess
+        self._compact_tail()
+
+    def _forget_upto(self, up_to_id: int) -> None:
+        tail = self._tail
+        if tail:
+            self._tail_start = max(self._tail_start, min(len(tail), up_to_id - tail[0].id + 1))
+            self._compact_tail()
+
+    def _compact_tail(self) -> None:
+        # Dropping the dead prefix costs a copy of the live part: do it only once it is the larger half.
+        if self._tail_start and self._tail_start * 2 >= len(self._tail):
+            del self._tail[: self._tail_start]
+            self._tail_start = 0
 
     def peek(self, n: int, after_id: int = 0) -> list[OutboxRecord]:
         """Up to ``n`` oldest records with id > ``after_id``, in order. Does not remove them: a
         batch that is never acked stays (Telegraf's Reject)."""
+        tail, start = self._tail, self._tail_start
+        if start < len(tail):
+            first = tail[start].id
+            # Served from memory when nothing older than the tail is wanted (the common case: a
+            # sink that keeps up). Live records older than the tail are only in the file.
+            if after_id + 1 >= first:
+                begin = start + (after_id + 1 - first)
+                return tail[begin : begin + n]
+            if self._depth <= len(tail) - start:
+                return tail[start : start + n]  # every live record is in the tail
         rows = self._db.execute(
             "SELECT id, key, payload, created FROM records WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, n),
@@ -176,6 +223,7 @@ class Outbox:
             raise
         self._depth -= removed
         self._oldest_created = oldest
+        self._forget_upto(up_to_id)
         if counter == "discarded_total":
             self._discarded += removed
         return removed
@@ -205,36 +253,30 @@ class Outbox:
 
 
 class AsyncOutbox:
-    """Runs an :class:`Outbox` on one dedicated thread: disk I/O never blocks the event loop and
-    the SQLite connection is only ever used from a single thread at a time."""
+    """The sinks' face of an :class:`Outbox`: the same operations as coroutines, run on the loop
+    thread (see the module docstring for why not on a worker thread). Sinks await them, so moving
+    the disk work elsewhere again would not change a caller."""
 
-    def __init__(self, outbox: Outbox, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, outbox: Outbox) -> None:
         self.sync = outbox
-        self._executor = executor
 
     @classmethod
     async def open(cls, path: str | Path, max_rows: int = 100_000) -> AsyncOutbox:
-        """Open (creating if needed) the outbox file on the dedicated thread."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{Path(path).stem}")
-        outbox = await asyncio.get_running_loop().run_in_executor(executor, Outbox, path, max_rows)
-        return cls(outbox, executor)
-
-    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Open (creating if needed) the outbox file."""
+        return cls(Outbox(path, max_rows))
 
     async def append(self, records: Sequence[tuple[str, bytes]]) -> int:
-        return await self._run(self.sync.append, records)
+        return self.sync.append(records)
 
     async def peek(self, n: int, after_id: int = 0) -> list[OutboxRecord]:
-        return await self._run(self.sync.peek, n, after_id)
+        return self.sync.peek(n, after_id)
 
     async def ack(self, up_to_id: int) -> int:
-        return await self._run(self.sync.ack, up_to_id)
+        return self.sync.ack(up_to_id)
 
     async def discard(self, up_to_id: int) -> int:
-        return await self._run(self.sync.discard, up_to_id)
+        return self.sync.discard(up_to_id)
 
-    # Cached values: plain attribute reads, safe from the loop thread without the worker.
     def oldest_age_s(self) -> float:
         return self.sync.oldest_age_s()
 
@@ -250,5 +292,4 @@ class AsyncOutbox:
         return self.sync.depth()
 
     async def close(self) -> None:
-        await self._run(self.sync.close)
-        self._executor.shutdown(wait=False)
+        self.sync.close()

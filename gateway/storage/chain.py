@@ -9,7 +9,8 @@ not a signature.
 
 The canonical form must come out the same from an entry about to be written and from the row read
 back, on SQLite and PostgreSQL: timestamps as UTC ISO 8601 with microseconds (naive ones, as SQLite
-returns them, are UTC), JSON values as the JSON columns return them, keys sorted.
+returns them, are UTC), JSON values as the JSON columns return them, keys sorted. Changing this form
+breaks every chain already written (revision 0002 chained the rows from before it with it): don't.
 """
 
 from __future__ import annotations
