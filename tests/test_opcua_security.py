@@ -182,3 +182,33 @@ async def test_anonymous_can_be_turned_off(tmp_path: Path) -> None:
         async with make_client(exposer.endpoint_url, "victor", "view-secret") as client:
             node, _ = await setpoint(client)
             assert await node.read_value() == 1.5
+
+
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_gateway_source_reads_and_writes_over_an_encrypted_channel(
+    demo_server: OpcUaExposer, client_cert: ClientCert, mode: str
+) -> None:
+    """The gateway's own request paths (pre-encoded Read, its publish loop) under SignAndEncrypt."""
+    from gateway.sources.config import OpcUaSourceConfig
+    from gateway.sources.opcua import OpcUaSource
+
+    path = [SITE, AREA, PLC_ID, "conveyor-01"]
+    config = OpcUaSourceConfig.model_validate({
+        "name": "secure", "endpoint": demo_server.endpoint_url, "namespace_uri": INSTANCE_NAMESPACE_URI,
+        "mode": mode, "timeout_s": DEADLINE_S, "username": "olga", "password": "op-secret",
+        "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt",
+                     "certificate": str(client_cert.cert), "private_key": str(client_cert.key)},
+        "tags": [{"asset": "c1", "key": key, "browse_path": [*path, key]} for key in ("speed_setpoint", "running")],
+    })
+    async with OpcUaSource(config) as source:
+        first = {r.tag: r for r in await source.read()}
+        assert {r.quality for r in first.values()} == {0}
+        await source.write("c1", "speed_setpoint", 1.25)
+        for _ in range(50):
+            demo_server._plc.scan()  # the PLC applies a client's write at its next scan
+            got = {r.tag: r for r in await source.read()}
+            if got.get("speed_setpoint") is not None and got["speed_setpoint"].value == pytest.approx(1.25):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the write was never read back")

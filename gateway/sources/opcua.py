@@ -34,6 +34,7 @@ from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, utc
 from gateway.sources.config import OpcUaSourceConfig
 from gateway.sources.opcua_connect import new_client, quiet_disconnect
 from gateway.sources.opcua_points import OpcUaPoint, build_points, coerce_value, resolve_nodes
+from gateway.sources.opcua_request import encode_read, send_read
 from gateway.sources.opcua_subscription import FeedSettings, Notification, SubscriptionFeed
 from gateway.sources.opcua_wire import Sample, Unsupported, decode_read, sample_of
 
@@ -59,9 +60,9 @@ class OpcUaSource(SourceBase):
         self._by_tag = {(p.ref.asset, p.ref.tag): i for i, p in enumerate(self.points)}
         self._client: Client | None = None
         self._nodes: list[ua.NodeId | None] = [None] * len(self.points)
-        # Polling reads the same nodes every time: the requests are built once per set of resolved
-        # nodes (None: rebuild), not per poll (profiling showed that rebuilding cost a fifth of a poll).
-        self._plan: list[tuple[list[int], ua.ReadParameters]] | None = None
+        # Polling reads the same nodes every time: the requests are built and encoded once per set of
+        # resolved nodes (None: rebuild), not per poll (opcua_request.py says why).
+        self._plan: list[tuple[list[int], bytes]] | None = None
         self._resolved_at = 0.0
         self._lock = asyncio.Lock()
         self._cleanup: set[asyncio.Task[None]] = set()  # detached disconnects, awaited by close()
@@ -252,7 +253,7 @@ class OpcUaSource(SourceBase):
         results = await asyncio.wait_for(self._client.read_attributes(nodes), self.config.timeout_s)
         return [(i, *sample_of(dv)) for (i, _), dv in zip(known, results, strict=True)]
 
-    def _read_plan(self) -> list[tuple[list[int], ua.ReadParameters]]:
+    def _read_plan(self) -> list[tuple[list[int], bytes]]:
         if self._plan is None:
             known = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
             size = self.config.max_nodes_per_request
@@ -261,17 +262,14 @@ class OpcUaSource(SourceBase):
                 batch = known[start : start + size]
                 params = ua.ReadParameters()
                 params.NodesToRead = [ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for _, n in batch]
-                self._plan.append(([i for i, _ in batch], params))
+                self._plan.append(([i for i, _ in batch], encode_read(params)))
         return self._plan
 
     async def _read_values(self) -> list[Sample | None]:
         assert self._client is not None
-        uaclient = self._client.uaclient
         out: list[Sample | None] = [None] * len(self.points)
-        for indexes, params in self._read_plan():
-            request = ua.ReadRequest()
-            request.Parameters = params
-            data = await asyncio.wait_for(uaclient._send_request(request), self.config.timeout_s)
+        for indexes, encoded in self._read_plan():
+            data = await send_read(self._client, encoded, self.config.timeout_s)
             try:
                 results = decode_read(data)
             except _DECODE_ERRORS:  # a shape the direct decoder does not follow: asyncua's decoder

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 
 from asyncua.client.client import Client
+from asyncua.crypto import uacrypto
+from cryptography import x509
 
 from gateway.sources.config import OpcUaSourceConfig
 
@@ -25,6 +27,12 @@ async def new_client(endpoint: str, config: OpcUaSourceConfig) -> Client:
     client.name = client.description = f"TwinEdge gateway ({config.name})"
     sec = config.security
     if sec.policy != "None":
+        assert sec.certificate is not None  # checked by the config model
+        # Servers compare the session's ApplicationUri with the certificate's URI and refuse a
+        # mismatch (BadCertificateUriInvalid): take it from the certificate, not asyncua's default.
+        uri = await certificate_application_uri(sec.certificate)
+        if uri is not None:
+            client.application_uri = uri
         parts = [sec.policy, sec.mode, sec.certificate, sec.private_key]
         if sec.server_certificate:
             parts.append(sec.server_certificate)
@@ -33,6 +41,16 @@ async def new_client(endpoint: str, config: OpcUaSourceConfig) -> Client:
         client.set_user(config.username)
         client.set_password(config.password.get_secret_value())
     return client
+
+
+async def certificate_application_uri(path: str) -> str | None:
+    """The ApplicationUri of a certificate: the URI in its subjectAltName (Part 6 §6.2.2)."""
+    certificate = await uacrypto.load_certificate(path)
+    with contextlib.suppress(x509.ExtensionNotFound):
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+        return uris[0] if uris else None
+    return None
 
 
 async def quiet_disconnect(client: Client, timeout_s: float) -> None:
