@@ -1,17 +1,22 @@
-"""MqttSink against a real Mosquitto: payloads, retained status, Will, outage and recovery."""
+"""MqttSink against a real Mosquitto: payloads, retained status, Will, outage and recovery, and paho
+driven from the event loop (no paho thread, no blocking connect)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.common.status import GOOD
 from gateway.readings import Reading
 from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
-from tests.fixtures.servers import MosquittoServer, free_port, run_mosquitto
+from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
 STATUS_TOPIC = "twinedge/_gateway/gw1/status"
+SEQ_TOPIC = "twinedge/mine-a/level-3/conveyor-01/seq"
 
 
 def reading(i: int, tag: str = "seq", asset: str = "conveyor-01") -> Reading:
@@ -85,6 +91,66 @@ class Subscriber:
 
 def make_sink(url: str, tmp_path: Path, **cfg: Any) -> MqttSink:
     return MqttSink(MqttSinkConfig(url=url, **cfg), "gw1", tmp_path / "data")
+
+
+def seq_values(sub: Subscriber) -> list[float]:
+    """Values on the tag-layout topic of ``reading``, in arrival order, first delivery of each."""
+    seen: list[float] = []
+    for p in sub.payloads(SEQ_TOPIC):
+        if p["value"] not in seen:
+            seen.append(p["value"])
+    return seen
+
+
+@contextlib.contextmanager
+def blackholed_port() -> Iterator[int]:
+    """A loopback port that drops SYNs, like a firewalled broker: a listener that never accepts, its
+    accept queue (backlog 0 holds one connection) filled, so a further connect hangs until its timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for s in fillers:
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for s in fillers:
+                s.close()
+
+
+@contextlib.contextmanager
+def tls_mosquitto(tmp: Path, user: str, password: str) -> Iterator[tuple[int, Path]]:
+    """Mosquitto with only a TLS listener (self-signed certificate for 127.0.0.1, also the CA) and
+    password authentication; yields the port and the CA file."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cert, key, passwd, conf = tmp / "cert.pem", tmp / "key.pem", tmp / "passwd", tmp / "mosquitto.conf"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), user, password], check=True, capture_output=True)
+    port = free_port()
+    # user: as root Mosquitto drops to user "mosquitto", which cannot read the files in tmp.
+    conf.write_text("\n".join([
+        f"listener {port} 127.0.0.1", f"certfile {cert}", f"keyfile {key}", "allow_anonymous false",
+        f"password_file {passwd}", f"user {getpass.getuser()}", "log_dest stdout", "persistence false",
+    ]) + "\n")
+    broker = _Process([MOSQUITTO, "-c", str(conf)], tmp / "mosquitto.log", lambda: _tcp_ready("127.0.0.1", port),
+                      "mosquitto-tls")
+    broker.start()
+    try:
+        yield port, cert
+    finally:
+        broker.stop()
+
+
+def paho_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("paho")]
 
 
 async def test_config_rejects_unknown_keys_and_bad_url() -> None:
@@ -214,23 +280,19 @@ async def test_broker_down_at_start_logs_once_then_recovers(
         await sink.close()
 
 
-async def test_broker_restart_mid_stream_delivers_everything_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("protocol", "qos"), [("5", 1), ("3.1.1", 2)])
+async def test_broker_restart_mid_stream_delivers_everything_in_order(protocol: str, qos: int, tmp_path: Path) -> None:
     """Fault matrix §5.5 #1: stop Mosquitto while writing, restart on the same port; every record
     arrives afterwards, in order, with its original timestamp (duplicates allowed: QoS 1).
 
     The broker persists sessions so the test's own persistent subscriber misses nothing while
-    the broker is down; the sink under test has only its outbox."""
+    the broker is down; the sink under test has only its outbox, and the messages paho still held
+    unacknowledged when the link dropped, which it resends after the sink's own reconnect."""
     n, per_batch = 200, 10
     with run_mosquitto(tmp_path / "broker", persistence=True) as server:
-        sub = await asyncio.to_thread(
-            Subscriber,
-            server,
-            "twinedge/mine-a/level-3/conveyor-01/seq",
-            client_id="checker",
-            persistent=True,
-        )
+        sub = await asyncio.to_thread(Subscriber, server, SEQ_TOPIC, client_id="checker", persistent=True)
         await wait_for(sub.subscribed.is_set, 5, "subscription")
-        sink = make_sink(server.url, tmp_path, layout="tag")
+        sink = make_sink(server.url, tmp_path, layout="tag", protocol=protocol, qos=qos)
         await sink.start()
         try:
             await wait_for(lambda: sink.stats().connected, 5, "sink connected")
@@ -243,19 +305,136 @@ async def test_broker_restart_mid_stream_delivers_everything_in_order(tmp_path: 
                     await asyncio.to_thread(server.start)
                 await asyncio.sleep(0.05)  # pacing of the producer, not a wait for a result
             await wait_for(lambda: sink.stats().outbox_depth == 0, 20, "outbox drained")
-            await wait_for(
-                lambda: len({p["value"] for p in sub.payloads(sub._topic)}) == n, 10, "all records"
-            )
+            await wait_for(lambda: len(seq_values(sub)) == n, 10, "all records")
         finally:
             await sink.close()
             sub.close()
-    received = sub.payloads("twinedge/mine-a/level-3/conveyor-01/seq")
-    first_seen: list[float] = []
-    for p in received:
-        if p["value"] not in first_seen:
-            first_seen.append(p["value"])
-    assert first_seen == [float(i) for i in range(n)]
-    for p in received:
+    assert seq_values(sub) == [float(i) for i in range(n)]
+    for p in sub.payloads(SEQ_TOPIC):
         ts = BASE_TS + timedelta(milliseconds=int(p["value"]))
         assert p["ts"] == ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
     assert sink.stats().dropped == 0
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_every_qos_and_protocol_delivers_in_order(
+    protocol: str, qos: int, mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    n = 300
+    sub = await asyncio.to_thread(Subscriber, mosquitto_server, SEQ_TOPIC)
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", protocol=protocol, qos=qos, batch_max=50)
+    try:
+        await wait_for(sub.subscribed.is_set, 5, "subscription")
+        await sink.start()
+        await sink.write([reading(i) for i in range(n)])
+        await wait_for(lambda: sink.stats().outbox_depth == 0, 10, "outbox drained")
+        await wait_for(lambda: len(seq_values(sub)) == n, 5, "all records")
+        assert seq_values(sub) == [float(i) for i in range(n)]
+        assert sink.stats().published == n
+    finally:
+        await sink.close()
+        sub.close()
+
+
+async def test_paho_runs_on_the_event_loop_and_close_leaves_nothing_behind(
+    mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    """No paho network thread: the loop's selector watches the socket. close() unregisters it and
+    stops every task the sink started."""
+    loop = asyncio.get_running_loop()
+    watched_before = set(loop._selector.get_map())
+    tasks_before = asyncio.all_tasks()
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    await sink.start()
+    try:
+        await wait_for(lambda: sink.stats().connected, 5, "sink connected")
+        await sink.write([reading(i) for i in range(20)])
+        await wait_for(lambda: sink.stats().outbox_depth == 0, 5, "outbox drained")
+        assert paho_threads() == []
+        assert set(loop._selector.get_map()) > watched_before
+    finally:
+        await sink.close()
+    assert set(loop._selector.get_map()) == watched_before
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_blackholed_broker_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """A connect to a host that drops SYNs blocks for paho's connect timeout (5 s); it runs on a worker
+    thread, so the loop keeps ticking, and close() during the attempt waits for it without leaking."""
+    tasks_before = asyncio.all_tasks()
+    with blackholed_port() as port:
+        sink = make_sink(f"mqtt://127.0.0.1:{port}", tmp_path)
+        await sink.start()
+        try:
+            started = last = time.monotonic()
+            longest_gap = 0.0
+            while time.monotonic() - started < 1.5:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                longest_gap, last = max(longest_gap, now - last), now
+            assert longest_gap < 0.3
+            assert sink.stats().errors == 0, "the connect attempt must still be pending (is the port blackholed?)"
+        finally:
+            await asyncio.wait_for(sink.close(), 10)
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_qos0_records_lost_with_the_link_are_published_again(
+    mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    """At QoS 0 paho silently drops the packets it had not written when a link breaks (no on_publish):
+    the sink takes those records from the outbox again rather than wait for them forever."""
+    n = 10
+    sub = await asyncio.to_thread(Subscriber, mosquitto_server, SEQ_TOPIC)
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", qos=0)
+    try:
+        await wait_for(sub.subscribed.is_set, 5, "subscription")
+        await sink.start()
+        await wait_for(lambda: sink.stats().connected, 5, "sink connected")
+        client: Any = sink._client
+        publish = client.publish
+        calls = 0
+
+        def publish_into_a_dead_socket(*args: Any, **kwargs: Any) -> Any:
+            # Mid-burst, the socket dies under paho: this burst is queued, and none of it gets written.
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                client.socket().shutdown(socket.SHUT_RDWR)
+            return publish(*args, **kwargs)
+
+        client.publish = publish_into_a_dead_socket
+        await sink.write([reading(i) for i in range(n)])
+        await wait_for(lambda: sink.stats().outbox_depth == 0, 10, "outbox drained after the reconnect")
+        assert calls > n, "the burst was published again after the reconnect"
+        await wait_for(lambda: len(seq_values(sub)) == n, 5, "all records")
+        assert seq_values(sub) == [float(i) for i in range(n)]
+    finally:
+        await sink.close()
+        sub.close()
+
+
+async def test_tls_with_password_refused_then_accepted(tmp_path: Path) -> None:
+    """mqtts:// with a CA file and user:pass@: a wrong password is refused and retried without a
+    crash; the right one delivers over TLS (handshake off the loop, TLS-buffered reads drained)."""
+    with tls_mosquitto(tmp_path / "broker", "gw", "s3cret") as (port, ca_file):
+        tls = {"ca_file": str(ca_file)}
+        wrong = make_sink(f"mqtts://gw:nope@127.0.0.1:{port}", tmp_path / "wrong", layout="tag", tls=tls)
+        await wrong.start()
+        try:
+            await wrong.write([reading(0)])
+            await wait_for(lambda: wrong.stats().errors >= 2, 10, "refused connection attempts")
+            assert not wrong.stats().connected
+            assert wrong.stats().outbox_depth == 1
+        finally:
+            await wrong.close()
+        sink = make_sink(f"mqtts://gw:s3cret@127.0.0.1:{port}", tmp_path / "right", layout="tag", tls=tls)
+        await sink.start()
+        try:
+            await sink.write([reading(i) for i in range(100)])
+            await wait_for(lambda: sink.stats().outbox_depth == 0, 10, "outbox drained over TLS")
+            assert sink.stats().published == 100
+            assert sink.stats().connected
+        finally:
+            await sink.close()

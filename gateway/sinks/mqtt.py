@@ -2,14 +2,19 @@
 
 Delivery (conventions §5.1, "gateway -> MQTT"): at-least-once and in order. Records are published
 from the outbox in id order and removed only after their PUBACK (QoS 1/2). Paho keeps unacked
-messages in memory across a reconnect and resends them first, so order holds through a broker
-restart; after a gateway restart the outbox resends whatever was not acked (duplicates possible,
-as QoS 1 allows). At most ``batch_max`` records are in flight, which bounds paho's memory queue.
+messages in memory across ``reconnect()`` and resends them first after the CONNACK, so order holds
+through a broker restart; after a gateway restart the outbox resends whatever was not acked
+(duplicates possible, as QoS 1 allows). A QoS 0 record counts as sent once written to the socket;
+those paho had not written yet when a link dropped are published again from the outbox. At most
+``batch_max`` records are in flight, which bounds paho's memory queue.
+
+Paho runs on the event loop, without its network thread (:mod:`gateway.sinks.mqtt_link`): its
+callbacks below run on the loop thread and update the in-flight bookkeeping directly, no locks.
 
 Availability: a retained ``{"online": true}`` is published to ``<prefix>/_gateway/<id>/status``
 on every connect, with a retained ``{"online": false}`` Will for unclean loss (§3.2 tree). An
-unreachable broker never fails ``start``: paho's loop thread retries with 1 s -> 30 s backoff and
-the outage is logged once, as is the recovery.
+unreachable broker never fails ``start``: the link retries with 1 s -> 30 s backoff and the outage
+is logged once, as is the recovery.
 """
 
 from __future__ import annotations
@@ -19,20 +24,24 @@ import contextlib
 import json
 import logging
 import re
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.encoders.uns_json import PayloadEncoder, UnsJsonEncoder, sanitize_level
 from gateway.readings import Reading
 from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
-from gateway.sinks.outbox import AsyncOutbox
+from gateway.sinks.mqtt_link import MqttLink
+from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,9 @@ log = logging.getLogger(__name__)
 # noticed within half a minute.
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+# How often paho's keep-alive timer runs. A quarter of the keep-alive at most: the broker drops a
+# client silent for 1.5 keep-alives, and the PINGREQ goes out up to one interval late.
+MISC_INTERVAL_S = 1.0
 
 
 class MqttTlsConfig(BaseModel):
@@ -81,10 +93,6 @@ class MqttSinkConfig(BaseModel):
         return v
 
 
-def _is_failure(reason_code: Any) -> bool:
-    return bool(getattr(reason_code, "is_failure", False))
-
-
 class MqttSink(OutboxForwarding):
     """Publishes readings as UNS JSON (or any :class:`PayloadEncoder`) from a durable outbox."""
 
@@ -108,19 +116,22 @@ class MqttSink(OutboxForwarding):
         self.status_topic = f"{prefix}/_gateway/{sanitize_level(gateway_id)}/status"
         self.client_id = config.client_id or re.sub(r"[^A-Za-z0-9_-]", "-", f"twinedge-{gateway_id}-mqtt")
 
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: AsyncOutbox | None = None
         self._client: mqtt.Client | None = None
+        self._link: MqttLink | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._connected = False
         self._closed = False
-        # In-flight bookkeeping, touched only on the event loop thread.
-        self._inflight: OrderedDict[int, bool] = OrderedDict()  # outbox id -> PUBACK received
+        # In-flight bookkeeping. Records are acknowledged to the outbox only as a contiguous prefix, so
+        # it stays strictly FIFO even if acknowledgements arrive out of order (QoS 2 flows can).
+        self._inflight: deque[int] = deque()  # outbox ids handed to paho, oldest first
+        self._acked_early: set[int] = set()  # acknowledged ids still behind an unacknowledged one
         self._mid_to_id: dict[int, int] = {}
         self._cursor = 0  # highest outbox id handed to paho
-        self._ack_upto = 0  # highest id whose whole prefix is acknowledged
+        self._acked_id = 0  # highest id whose whole prefix is acknowledged
+        self._flushed_id = 0  # highest id removed from the outbox
         self._published = 0
         self._errors = 0
         self._rejected = 0  # PUBACKs with a failure reason code (MQTT 5), dropped on purpose
@@ -131,22 +142,29 @@ class MqttSink(OutboxForwarding):
     async def start(self) -> None:
         if self._task is not None or self._closed:
             return
-        self._loop = asyncio.get_running_loop()
         self._outbox = await AsyncOutbox.open(
             outbox_path(self.data_dir, self.name), self.config.outbox_max_rows
         )
         # tls_set reads certificate files: keep that off the loop.
         self._client = await asyncio.to_thread(self._make_client)
-        parts = urlsplit(self.config.url)
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self._client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=self.config.keepalive_s)
-        self._client.loop_start()  # paho's thread retries the first connection too
+        self._link = MqttLink(
+            self._client,
+            misc_interval_s=min(MISC_INTERVAL_S, self.config.keepalive_s / 4),
+            retry_min_s=RECONNECT_MIN_S,
+            retry_max_s=RECONNECT_MAX_S,
+            on_connect_error=lambda exc: self._link_down(f"connection failed: {exc}"),
+        )
+        self._link.start()
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol)
+        # reconnect_on_failure=False: MqttLink owns reconnects. Left on, paho would also reconnect inline,
+        # with a blocking connect on the event loop, when a broker refuses the protocol version.
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol, reconnect_on_failure=False
+        )
         parts = urlsplit(cfg.url)
         if parts.username is not None:
             password = unquote(parts.password) if parts.password is not None else None
@@ -155,10 +173,11 @@ class MqttSink(OutboxForwarding):
             tls = cfg.tls or MqttTlsConfig()
             client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
         client.will_set(self.status_topic, json.dumps({"online": False}), qos=1, retain=True)
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        # Only records the endpoint for MqttLink's reconnect(); no I/O.
+        client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=cfg.keepalive_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         return client
 
@@ -180,15 +199,13 @@ class MqttSink(OutboxForwarding):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        client = self._client
-        if client is not None:
-            if self._connected:
-                # A clean DISCONNECT suppresses the Will, so say "offline" ourselves.
-                info = client.publish(self.status_topic, json.dumps({"online": False}), qos=1, retain=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(info.wait_for_publish, 2.0)
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+        if self._client is not None and self._connected:
+            # A clean DISCONNECT suppresses the Will, so say "offline" ourselves. The broker handles this
+            # PUBLISH before the DISCONNECT queued behind it on the same connection; if that DISCONNECT
+            # never arrives, the Will says the same.
+            self._client.publish(self.status_topic, json.dumps({"online": False}), qos=1, retain=True)
+        if self._link is not None:
+            await self._link.close()
         if self._outbox is not None:
             await self._outbox.close()
 
@@ -199,70 +216,107 @@ class MqttSink(OutboxForwarding):
 
     async def _run(self) -> None:
         assert self._outbox is not None
-        assert self._client is not None
-        outbox, client, cfg = self._outbox, self._client, self.config
+        outbox, batch_max = self._outbox, self.config.batch_max
         while True:
             self._wake.clear()  # cleared before checking, so no wake-up is lost
             await self._flush_acks()
-            room = cfg.batch_max - len(self._inflight)
+            room = batch_max - len(self._inflight)
             if self._connected and room > 0:
-                records = await outbox.peek(room, after_id=self._cursor)
-                for rec in records:
-                    info = client.publish(rec.key, rec.payload, qos=cfg.qos, retain=cfg.retain)
-                    if cfg.qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        break  # QoS 0 is not queued by paho when offline: retry it later
-                    # QoS >= 1: paho keeps the message even if the link just dropped, and resends
-                    # it after reconnecting, so it is in flight either way.
-                    self._inflight[rec.id] = False
-                    self._mid_to_id[info.mid] = rec.id
-                    self._cursor = rec.id
-                if records:
+                after = self._cursor
+                records = await outbox.peek(room, after_id=after)
+                # Re-checked after the read: the link may have dropped meanwhile (and, at QoS 0, moved
+                # the cursor back).
+                if records and self._connected and self._cursor == after:
+                    self._publish(records)
                     continue
             await self._wake.wait()
 
+    def _publish(self, records: list[OutboxRecord]) -> None:
+        assert self._client is not None
+        publish, qos, retain = self._client.publish, self.config.qos, self.config.retain
+        inflight, mid_to_id = self._inflight, self._mid_to_id
+        for rec in records:
+            info = publish(rec.key, rec.payload, qos=qos, retain=retain)
+            if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # QoS 0 is not queued by paho when offline: retry it later
+            # QoS >= 1: paho keeps the message even if the link just dropped, and resends it after
+            # reconnecting, so it is in flight either way.
+            inflight.append(rec.id)
+            mid_to_id[info.mid] = rec.id
+            self._cursor = rec.id
+
     async def _flush_acks(self) -> None:
+        """Remove the acknowledged prefix from the outbox: one transaction per burst of PUBACKs."""
         assert self._outbox is not None
-        if self._ack_upto > 0:
-            upto, self._ack_upto = self._ack_upto, 0
+        upto = self._acked_id
+        if upto > self._flushed_id:
+            self._flushed_id = upto
             await self._outbox.ack(upto)
             self._acked.set()
 
-    # -- paho callbacks (paho's thread) -> event loop ---------------------------------------------
-
-    def _to_loop(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-                loop.call_soon_threadsafe(fn, *args)
+    # -- paho callbacks (event loop thread, from MqttLink) ----------------------------------------
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        props: Properties | None,
     ) -> None:
-        if _is_failure(reason_code):
-            self._to_loop(self._link_down, f"connection refused: {reason_code}")
+        if reason_code.is_failure:
+            self._link_down(f"connection refused: {reason_code}")
             return
+        assert self._link is not None
+        self._link.reset_backoff()
         client.publish(self.status_topic, json.dumps({"online": True}), qos=1, retain=True)
-        self._to_loop(self._link_up)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
-    ) -> None:
-        self._to_loop(self._link_down, f"disconnected: {reason_code}")
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._to_loop(self._link_down, "connection failed")
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, props: Any) -> None:
-        self._to_loop(self._puback, mid, _is_failure(reason_code), str(reason_code))
-
-    # -- loop-side state changes ------------------------------------------------------------------
-
-    def _link_up(self) -> None:
         outage_s = self._came_up()
         if outage_s is not None:
             log.info("mqtt: connected to %s again after %.1f s", self.config.url, outage_s)
         else:
             log.info("mqtt: connected to %s", self.config.url)
+        self._wake.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        if self.config.qos == 0:
+            # Paho drops the QoS 0 packets it had not written yet, without on_publish: forget them and
+            # read them from the outbox again (QoS 1/2 messages stay in paho and are resent).
+            self._inflight.clear()
+            self._acked_early.clear()
+            self._mid_to_id.clear()
+            self._cursor = self._acked_id
+        self._link_down(f"disconnected: {reason_code}")
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, props: Properties
+    ) -> None:
+        rec_id = self._mid_to_id.pop(mid, None)
+        if rec_id is None:
+            return  # the status message
+        if reason_code.is_failure:
+            # An MQTT 5 PUBACK reason >= 0x80 (e.g. not authorized) will not change on retry:
+            # drop the record, count it, and keep the stream moving.
+            self._rejected += 1
+            self._errors += 1
+            log.error("mqtt: broker rejected record %d: %s; dropped", rec_id, reason_code)
+        else:
+            self._published += 1
+        inflight, early = self._inflight, self._acked_early
+        if inflight[0] != rec_id:
+            early.add(rec_id)
+            return
+        inflight.popleft()
+        while early and inflight and inflight[0] in early:
+            rec_id = inflight.popleft()
+            early.remove(rec_id)
+        self._acked_id = rec_id
         self._wake.set()
 
     def _link_down(self, why: str) -> None:
@@ -274,25 +328,3 @@ class MqttSink(OutboxForwarding):
             log.warning(
                 "mqtt: broker %s unavailable (%s); buffering in the outbox and retrying", self.config.url, why
             )
-
-    def _puback(self, mid: int, failed: bool, reason: str) -> None:
-        rec_id = self._mid_to_id.pop(mid, None)
-        if rec_id is None:
-            return  # the status message, or a message from before a restart
-        if failed:
-            # An MQTT 5 PUBACK reason >= 0x80 (e.g. not authorized) will not change on retry:
-            # drop the record, count it, and keep the stream moving.
-            self._rejected += 1
-            self._errors += 1
-            log.error("mqtt: broker rejected record %d: %s; dropped", rec_id, reason)
-        else:
-            self._published += 1
-        self._inflight[rec_id] = True
-        # Ack only the contiguous acknowledged prefix so the outbox stays strictly FIFO.
-        while self._inflight:
-            first_id, done = next(iter(self._inflight.items()))
-            if not done:
-                break
-            self._inflight.popitem(last=False)
-            self._ack_upto = first_id
-        self._wake.set()

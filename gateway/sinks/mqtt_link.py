@@ -1,0 +1,172 @@
+"""Drives a paho-mqtt client from the asyncio event loop, so no paho network thread exists.
+
+Why: at tens of thousands of values/s, paho's thread, one ``call_soon_threadsafe`` hop per PUBACK and
+the GIL hand-offs between the two threads cost about a quarter of the gateway's CPU. With paho's
+external-loop API the loop's selector watches the socket instead: readable -> ``loop_read``, writable
+-> ``loop_write`` (watched only while paho has bytes queued, via ``on_socket_register_write`` /
+``on_socket_unregister_write``), and a timer calls ``loop_misc`` for keep-alive. Every paho callback
+(``on_connect``, ``on_publish`` ...) therefore runs on the loop thread.
+
+The one blocking step is opening a connection: paho 2.2's ``reconnect()`` does a blocking TCP connect
+(up to ``connect_timeout``, 5 s) and, for mqtts, the TLS handshake, and it has no non-blocking
+variant. It runs on a worker thread, where it only queues CONNECT; the socket is registered with the
+loop once the thread is done, so the loop and the thread never use the client at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
+
+
+class MqttLink:
+    """Owns the connection of one paho client: (re)connects with exponential backoff, feeds socket
+    events to paho on the loop, runs its keep-alive timer, and disconnects cleanly on ``close``.
+
+    Paho's own reconnect logic (``loop_forever``) is not used: after a failed attempt or a lost link
+    the next attempt waits ``retry_min_s``, doubling up to ``retry_max_s``; a successful CONNACK
+    (reported by the owner through :meth:`reset_backoff`) starts the schedule over.
+    """
+
+    def __init__(
+        self,
+        client: mqtt.Client,
+        *,
+        misc_interval_s: float,
+        retry_min_s: float,
+        retry_max_s: float,
+        on_connect_error: Callable[[OSError], None],
+    ) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._misc_interval_s = misc_interval_s
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._on_connect_error = on_connect_error
+        self._retry_delay_s: float | None = None
+        # The socket's fd while it is registered with the loop. paho calls the socket callbacks on the
+        # worker thread too (inside reconnect(), before the socket is ours): None makes them no-ops there.
+        self._fd: int | None = None
+        self._link_closed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._maintain(), name="mqtt-link")
+
+    def reset_backoff(self) -> None:
+        """The broker accepted the connection: the next loss is retried after ``retry_min_s`` again."""
+        self._retry_delay_s = None
+
+    async def close(self) -> None:
+        """Stop reconnecting and disconnect. Packets already queued (e.g. a last PUBLISH) are written
+        before the DISCONNECT; nothing is left registered with the loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        client = self._client
+        client.disconnect()
+        if self._fd is not None:
+            # Write now instead of waiting for the selector: a few packets fit the socket buffer at once,
+            # and paho closes the socket (on_socket_close) once DISCONNECT is out.
+            client.loop_write()
+        sock = client.socket()
+        if self._fd is not None and sock is not None:
+            # The broker stopped reading (send buffer full): do not wait for it; the Will covers us.
+            self._detach()
+            sock.close()
+
+    # -- connection management --------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                await self._open()
+            except OSError as exc:  # refused, unreachable, timed out, DNS, TLS (ssl.SSLError is an OSError)
+                self._on_connect_error(exc)
+            else:
+                await self._serve()
+            await asyncio.sleep(self._next_retry_delay())
+
+    def _next_retry_delay(self) -> float:
+        prev = self._retry_delay_s
+        self._retry_delay_s = self._retry_min_s if prev is None else min(2 * prev, self._retry_max_s)
+        return self._retry_delay_s
+
+    async def _open(self) -> None:
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._client.reconnect))
+        try:
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            # close() cannot interrupt the thread. Wait for it and adopt the socket it may have opened,
+            # so that close() shuts it instead of leaking it; how the attempt ended no longer matters.
+            with contextlib.suppress(Exception):
+                await attempt
+            self._attach()
+            raise
+        self._attach()
+
+    def _attach(self) -> None:
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            return
+        self._fd = fd = sock.fileno()
+        self._link_closed.clear()
+        self._loop.add_reader(fd, self._read)
+        if client.want_write():  # CONNECT, queued on the worker thread where the write callback was a no-op
+            self._loop.add_writer(fd, client.loop_write)
+
+    async def _serve(self) -> None:
+        """Run paho's timers until the link closes: PINGREQ when idle, and dropping a link whose broker
+        stopped answering or never sent CONNACK (paho decides both in ``loop_misc``)."""
+        while not self._link_closed.is_set():
+            try:
+                async with asyncio.timeout(self._misc_interval_s):
+                    await self._link_closed.wait()
+            except TimeoutError:
+                self._client.loop_misc()
+
+    # -- socket events ----------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        client = self._client
+        client.loop_read()
+        # TLS: bytes already decrypted into the SSL object do not make the fd readable again, so they
+        # would wait for the next packet; paho's own loop checks pending() the same way.
+        sock = client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            client.loop_read()
+            sock = client.socket()
+
+    def _detach(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+            self._link_closed.set()
+
+    # -- paho socket callbacks --------------------------------------------------------------------
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
+        self._detach()  # called just before paho closes the fd, which must leave the selector first
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
+        if self._fd is not None:
+            self._loop.add_writer(self._fd, client.loop_write)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
+        if self._fd is not None:
+            self._loop.remove_writer(self._fd)
