@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md one after another (they must not share the two cores),
 # writing each output to $OUT (default /tmp/twinedge-bench) with the load average before it.
+# ONLY="gateway_50k thingsboard" runs just the named ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/twinedge-bench}
@@ -9,6 +10,9 @@ mkdir -p "$OUT"
 run() {
     local name=$1
     shift
+    if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then
+        return
+    fi
     { echo "## $name: $*"; echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"; date -u +%FT%TZ; } > "$OUT/$name.txt"
     "$@" >> "$OUT/$name.txt" 2>&1
     echo "exit: $?" >> "$OUT/$name.txt"

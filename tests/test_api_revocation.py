@@ -1,8 +1,11 @@
 """Token revocation and user management through the real app, on SQLite and PostgreSQL: logout, user
-changes revoking tokens, own password change, the last admin, the revocation cache, and restarts."""
+changes revoking tokens, own password change, the last admin, the revocation cache, restarts, and the
+watch on open streams' tokens (its WebSocket side is in test_ws_streams.py)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,11 @@ import pytest
 from sqlalchemy import select
 
 from gateway.api.auth import AuthConfig, Authenticator, load_or_create_secret
+from gateway.api.token_guard import EXPIRED, REVOKED, Token
+from gateway.storage.audit import Actor
 from gateway.storage.db import Database
 from gateway.storage.tables import revoked_tokens
-from gateway.storage.users import UserStore
+from gateway.storage.users import UserChanges, UserStore
 from tests.edge_support import FAST_HASH, PASSWORDS, Edge, make_app, make_edge, token
 
 pytest_plugins = ["tests.fixtures.edge"]
@@ -191,6 +196,38 @@ async def test_another_gateway_sees_a_revocation_within_the_check_interval(
         with pytest.raises(Exception, match="revoked"):
             await other.principal_of(value)
     await services.commands.close()
+
+
+async def test_open_streams_tokens_are_swept_in_one_query(edge: Edge, tmp_path: Path) -> None:
+    """Another gateway logs a token out and disables a user; this one was not told. Its sweep over the
+    tokens of open streams finds both revoked tokens in its first query, and leaves the others alone."""
+    auth, guard = edge.services.auth, edge.services.auth.guard
+    guard.ttl_s = 1.0  # api.auth.revocation_check_s: the sweep's period
+    config = AuthConfig()
+    other = Authenticator(config, UserStore(edge.services.db), load_or_create_secret(config, tmp_path),
+                          clock=edge.clock, hasher=FAST_HASH)
+    await other.logout(other.decode(edge.tokens["operator"]), "192.0.2.2")
+    await other.change_user("viewer", UserChanges(disabled=True), Actor("admin", ("admin",)))
+    ended: dict[str, asyncio.Future[tuple[str, int]]] = {}  # name -> (reason, lookups so far)
+
+    def watch(value: str, name: str, lifetime_s: float = 900) -> Callable[[], None]:
+        caller = auth.decode(value)
+        assert caller.jti is not None
+        ended[name] = asyncio.get_running_loop().create_future()
+        return guard.watch(Token(caller.sub, caller.jti, caller.stamp), lifetime_s,
+                           lambda reason: ended[name].set_result((reason, guard.lookups)))
+
+    stops = [watch(edge.tokens[name], name) for name in ("operator", "viewer", "admin")]
+    stops.append(watch(await token(edge.client, "operator", PASSWORDS["operator"]), "operator's other session"))
+    before = guard.lookups
+    revoked = await asyncio.wait_for(asyncio.gather(ended["operator"], ended["viewer"]), 5)
+    assert revoked == [(REVOKED, before + 1)] * 2
+    stops.append(watch(edge.tokens["admin"], "admin, short-lived", lifetime_s=0.01))
+    assert (await asyncio.wait_for(ended["admin, short-lived"], 5))[0] == EXPIRED
+    for stop in stops:
+        stop()
+    assert not ended["admin"].done()
+    assert not ended["operator's other session"].done()
 
 
 def test_token_carries_sites_and_stamp(edge: Edge) -> None:

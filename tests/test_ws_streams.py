@@ -1,5 +1,6 @@
 """WebSocket streams over real connections (uvicorn on a free port, the websockets client): handshake
-auth, filters and down-sampling, alert and command streams, slow clients, and drift-free periods."""
+auth, open streams closed when their token expires or is revoked, filters and down-sampling, alert and
+command streams, slow clients, and drift-free periods."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.alerts.rules import AlertRuleConfig
 from gateway.api.app import ApiParts, create_app
+from gateway.api.auth import AuthConfig, Authenticator, load_or_create_secret
 from gateway.api.ws import WsClient, WsHub, every
 from gateway.commands.store import CommandRequest
 from gateway.readings import Reading
 from gateway.storage.audit import Actor
-from tests.edge_support import token
+from gateway.storage.users import UserStore
+from tests.edge_support import FAST_HASH, PASSWORDS, token
 from tests.fixtures.servers import free_port
 from tests.test_api_routes import T0, Api, readings, start_api
 
@@ -36,8 +39,9 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    api, _ = await start_api(tmp_path)
+async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
+    """The API on a real server; ``indirect`` parametrisation with True turns anonymous read on."""
+    api, _ = await start_api(tmp_path, anonymous_read=getattr(request, "param", False))
     port = free_port()
     parts = ApiParts(api.services, api.hub, api.snapshots, queue_size=8, machine_period_s=0.1)
     app = create_app(api.state, None, parts)
@@ -62,11 +66,22 @@ async def recv(ws: ClientConnection, within_s: float = 5.0) -> dict[str, Any]:
     return message
 
 
+async def closed_by_server(ws: ClientConnection, within_s: float = 5.0) -> tuple[int | None, str]:
+    """Wait (bounded) for the server to close ``ws``, skipping the messages before; its code and reason."""
+
+    async def drain() -> None:  # reading on, or a full receive queue would hold the close frame back
+        while True:
+            await ws.recv()
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(drain(), within_s)
+    received = closed.value.rcvd
+    return (received.code, received.reason) if received is not None else (None, "")
+
+
 async def close_code(url: str, **kwargs: Any) -> int | None:
     async with connect(url, **kwargs) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+        return (await closed_by_server(ws))[0]
 
 
 @pytest.mark.parametrize("path", ["/ws/stream", "/ws/alerts", "/ws/commands", "/ws/mine", "/ws/machines/lathe-01"])
@@ -146,6 +161,78 @@ async def test_handshake_honours_revocation(served: Served) -> None:
     assert await close_code(f"{served.url}/ws/alerts", subprotocols=bearer(served, "operator")) == 1008
     async with connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "admin")) as ws:
         assert ws.subprotocol == "bearer"
+
+
+async def still_streaming(served: Served, *streams: ClientConnection) -> None:
+    """Each of ``streams`` (on /ws/alerts) gets the next alert."""
+    served.api.hub.publish("alerts", {"type": "alert", "alert": {"id": 1, "asset": "conveyor-01"}})
+    for ws in streams:
+        assert (await recv(ws))["alert"]["id"] == 1
+
+
+async def test_logout_closes_the_tokens_open_streams(served: Served) -> None:
+    api, url = served.api, served.url
+    other_session: list[Any] = ["bearer", await token(api.client, "viewer", PASSWORDS["viewer"])]
+    async with connect(f"{url}/ws/stream", subprotocols=bearer(served, "viewer")) as stream, \
+            connect(f"{url}/ws/alerts", subprotocols=bearer(served, "viewer")) as alerts, \
+            connect(f"{url}/ws/alerts", subprotocols=other_session) as same_user, \
+            connect(f"{url}/ws/alerts", subprotocols=bearer(served, "admin")) as admin:
+        await _subscribers(api.hub, "alerts", 3)
+        assert (await api.client.post("/api/v1/auth/logout", headers=api.auth("viewer"))).status_code == 204
+        assert await closed_by_server(stream) == (1008, "token revoked")
+        assert await closed_by_server(alerts) == (1008, "token revoked")
+        await still_streaming(served, same_user, admin)  # logout revokes only the presented token
+
+
+async def test_user_changes_close_the_users_open_streams(served: Served) -> None:
+    api, url = served.api, served.url
+    async with connect(f"{url}/ws/alerts", subprotocols=bearer(served, "operator")) as operator, \
+            connect(f"{url}/ws/alerts", subprotocols=bearer(served, "viewer")) as viewer, \
+            connect(f"{url}/ws/alerts", subprotocols=bearer(served, "admin")) as admin:
+        await _subscribers(api.hub, "alerts", 3)
+        refused = await api.client.patch("/api/v1/users/admin", headers=api.auth("admin"), json={"role": "viewer"})
+        assert refused.status_code == 409  # the last admin: the change is refused and revokes nothing
+        assert (await api.client.delete("/api/v1/users/operator", headers=api.auth("admin"))).status_code == 204
+        assert await closed_by_server(operator) == (1008, "token revoked")
+        await still_streaming(served, viewer, admin)
+
+
+async def test_a_token_expiring_while_connected_closes_the_stream(served: Served) -> None:
+    auth = served.api.services.auth
+    # Below the config's 60 s floor: model_copy does not validate, so the test need not wait a minute.
+    auth.config = auth.config.model_copy(update={"token_ttl_s": 2})
+    short: list[Any] = ["bearer", await token(served.api.client, "viewer", PASSWORDS["viewer"])]
+    # The seed route's 10 Hz stream: messages flow until the token's exp, then the close.
+    async with connect(f"{served.url}/ws/machines/lathe-01", subprotocols=short) as machine, \
+            connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "viewer")) as alerts:
+        assert (await recv(machine))["id"] == "lathe-01"
+        assert await closed_by_server(machine) == (1008, "token expired")
+        await still_streaming(served, alerts)
+
+
+async def test_a_revocation_through_another_gateway_is_swept(served: Served, tmp_path: Path) -> None:
+    api = served.api
+    api.services.auth.guard.ttl_s = 1.0  # api.auth.revocation_check_s: the sweep's period
+    config = AuthConfig()
+    other = Authenticator(config, UserStore(api.services.db), load_or_create_secret(config, tmp_path),
+                          hasher=FAST_HASH)
+    async with connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "viewer")) as viewer, \
+            connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "admin")) as admin:
+        await _subscribers(api.hub, "alerts", 2)
+        await other.logout(other.decode(api.tokens["viewer"]), "192.0.2.2")  # this gateway is not told
+        assert await closed_by_server(viewer) == (1008, "token revoked")
+        await still_streaming(served, admin)
+
+
+@pytest.mark.parametrize("served", [True], indirect=True)
+async def test_anonymous_streams_are_not_watched(served: Served) -> None:
+    api = served.api
+    async with connect(f"{served.url}/ws/alerts") as anonymous, \
+            connect(f"{served.url}/ws/alerts", subprotocols=bearer(served, "viewer")) as viewer:
+        await _subscribers(api.hub, "alerts", 2)
+        assert (await api.client.post("/api/v1/auth/logout", headers=api.auth("viewer"))).status_code == 204
+        assert await closed_by_server(viewer) == (1008, "token revoked")
+        await still_streaming(served, anonymous)
 
 
 async def _site_user(api: Api, name: str, site: str) -> list[Any]:

@@ -6,17 +6,35 @@ whose one worker thread also carries the alert and command writes. So an answer 
 usually none. Logouts and user changes made through this gateway drop the affected entries at once,
 so here they apply immediately; another gateway sharing the database sees them within that time.
 The cache is bounded: when full, expired entries go, and if that is not enough, all of them.
+
+Open WebSocket streams outlive their handshake, so their tokens are watched (``watch``) until the stream
+ends: a timer per token fires at its expiry (a heap entry in the event loop, nothing polled), a local
+logout or user change re-checks the affected tokens at once, and a sweep every ``revocation_check_s``
+re-checks all of them in one query, for revocations made through another gateway. None of it runs per
+message, so the fan-out cost stays what it was.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from sqlalchemy import Connection, and_, select
 
 from gateway.storage.revocations import TokenRevocations
+from gateway.storage.tables import revoked_tokens, users
+
+log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 10_000
+MIN_SWEEP_S = 1.0  # revocation_check_s may be 0 ("ask on every request"); the sweep must not spin
+REVOKED = "token revoked"
+EXPIRED = "token expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +42,23 @@ class _Answer:
     until: float
     username: str
     valid: bool
+
+
+class Token(NamedTuple):
+    """An issued token as revocation sees it: its user, its ``jti``, the user's token stamp at issue."""
+
+    username: str
+    jti: str
+    stamp: str
+
+
+@dataclass(eq=False, slots=True)  # compared by identity: two streams on one token are two watches
+class _Watch:
+    """An open stream's token; ``end(reason)`` is called once when it stops being good."""
+
+    token: Token
+    end: Callable[[str], None]
+    timer: asyncio.TimerHandle = field(init=False)
 
 
 class TokenGuard:
@@ -38,6 +73,9 @@ class TokenGuard:
         # Bumped by every forget: an answer read from storage before a concurrent logout or user change
         # committed must not be cached after it.
         self._epoch = 0
+        self._watches: set[_Watch] = set()
+        self._sweeper: asyncio.Task[None] | None = None  # runs while something is watched
+        self._rechecks: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
 
     async def valid(self, username: str, jti: str, stamp: str) -> bool:
         now = self.clock()
@@ -54,11 +92,63 @@ class TokenGuard:
     def forget_token(self, jti: str) -> None:
         self._epoch += 1
         self._answers.pop(jti, None)
+        self._recheck_soon([w for w in self._watches if w.token.jti == jti])
 
     def forget_user(self, username: str) -> None:
         self._epoch += 1
         for jti in [jti for jti, answer in self._answers.items() if answer.username == username]:
             del self._answers[jti]
+        # Re-checked rather than ended: a refused change (the last admin) forgets too, and revokes nothing.
+        self._recheck_soon([w for w in self._watches if w.token.username == username])
+
+    def watch(self, token: Token, lifetime_s: float, end: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``end(EXPIRED)`` in ``lifetime_s``, or ``end(REVOKED)`` once the token is found revoked,
+        unless the returned function (stop watching) is called first."""
+        loop = asyncio.get_running_loop()
+        watch = _Watch(token, end)
+        watch.timer = loop.call_later(lifetime_s, self._end, watch, EXPIRED)
+        self._watches.add(watch)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        return functools.partial(self._unwatch, watch)
+
+    def _unwatch(self, watch: _Watch) -> None:
+        if watch not in self._watches:
+            return
+        self._watches.remove(watch)
+        watch.timer.cancel()
+        if not self._watches and self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _end(self, watch: _Watch, reason: str) -> None:
+        if watch in self._watches:  # the stream may have ended, or been ended, meanwhile
+            self._unwatch(watch)
+            watch.end(reason)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.ttl_s, MIN_SWEEP_S))
+            await self._recheck(list(self._watches))
+
+    def _recheck_soon(self, watches: list[_Watch]) -> None:
+        if watches:
+            task = asyncio.get_running_loop().create_task(self._recheck(watches))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, watches: list[_Watch]) -> None:
+        """End the watches whose token storage no longer finds good, asking once for all of them."""
+        self.lookups += 1
+        try:
+            good = await self.store.db.run(functools.partial(_good_tokens, {w.token for w in watches}))
+        except Exception:
+            # The streams were good at the last check; the next sweep asks again.
+            log.warning("token guard: re-checking the tokens of open streams failed", exc_info=True)
+            return
+        for watch in watches:
+            if watch.token not in good:
+                self._end(watch, REVOKED)
 
     def _remember(self, jti: str, answer: _Answer, now: float) -> None:
         if len(self._answers) >= MAX_ENTRIES:
@@ -66,3 +156,23 @@ class TokenGuard:
             if len(self._answers) >= MAX_ENTRIES:
                 self._answers.clear()
         self._answers[jti] = answer
+
+
+def _good_tokens(tokens: Collection[Token], conn: Connection) -> set[Token]:
+    """``TokenRevocations.is_valid`` for many tokens in one statement: each user's row (stamp, disabled)
+    with those of the given ``jti`` it logged out."""
+    jtis = {t.jti for t in tokens}
+    stmt = (
+        select(users.c.username, users.c.token_stamp, users.c.disabled, revoked_tokens.c.jti)
+        .select_from(users.outerjoin(revoked_tokens, and_(revoked_tokens.c.username == users.c.username,
+                                                          revoked_tokens.c.jti.in_(jtis))))
+        .where(users.c.username.in_({t.username for t in tokens}))
+    )
+    stamps: dict[str, str] = {}
+    revoked: set[str] = set()
+    for row in conn.execute(stmt):
+        if not row.disabled:
+            stamps[row.username] = row.token_stamp
+        if row.jti is not None:
+            revoked.add(row.jti)
+    return {t for t in tokens if stamps.get(t.username) == t.stamp and t.jti not in revoked}

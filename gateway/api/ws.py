@@ -13,6 +13,10 @@ default) and ``api.websocket.allow_query_token: false`` turns it off. Without a 
 unless anonymous read is on, the socket is accepted and closed at once with 1008 (policy violation),
 which a client can tell apart from a network failure, unlike an HTTP 403 on the upgrade.
 
+A stream lives longer than its handshake, so its token is watched while it runs (api/token_guard.py):
+when the token expires, or is revoked (logout, a change of the user, the user deleted), the stream is
+closed with 1008 and the reason, ``token expired`` or ``token revoked``. Anonymous streams have no token.
+
 Per-site scope (OWASP API1): a client limited to some sites gets only what concerns the assets of its
 sites: ``/ws/stream`` selects only those (asking for another one is refused like an unknown asset),
 and the other topics pass each message through its cut in ``visibility.py``.
@@ -39,6 +43,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.api.auth import Authenticator, Principal
 from gateway.api.state import AssetScope, no_assets_known
+from gateway.api.token_guard import Token
 from gateway.api.visibility import TOPIC_CUTS, Cut
 from gateway.common.status import status_name
 from gateway.encoders.uns_json import format_ts, json_value
@@ -236,18 +241,25 @@ async def accept(ws: WebSocket, auth: Authenticator, allow_query_token: bool) ->
         await ws.close(code=POLICY_VIOLATION, reason=str(exc.detail)[:120])
         return None
     await ws.accept(subprotocol=subprotocol)
+    # serve_client watches the token through it; the seed routes hand serve_client only the socket.
+    ws.state.authenticator = auth
     return principal
 
 
 async def serve_client(ws: WebSocket, client: WsClient, registrations: Iterable[Callable[[], None]] = (),
                        producers: Iterable[asyncio.Task[None]] = ()) -> None:
-    """Run the client's sender until the peer leaves or sending fails; then undo its registrations."""
+    """Run the client's sender until the peer leaves, sending fails or the token stops being good (then
+    closed with 1008 and the reason); then undo its registrations. ``ws`` went through ``accept``."""
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    unwatch = _watch_token(ws, client.principal, ended.set_result)
     sender = asyncio.create_task(client.run())
     receiver = asyncio.create_task(_until_disconnect(ws))
     tasks = [sender, receiver, *producers]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [ended, *tasks]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        unwatch()
         for unregister in registrations:
             unregister()
         for task in tasks:
@@ -255,7 +267,19 @@ async def serve_client(ws: WebSocket, client: WsClient, registrations: Iterable[
         await asyncio.gather(*tasks, return_exceptions=True)
         if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await ws.close()
+                if ended.done():
+                    await ws.close(code=POLICY_VIOLATION, reason=ended.result())
+                else:
+                    await ws.close()
+
+
+def _watch_token(ws: WebSocket, principal: Principal, end: Callable[[str], None]) -> Callable[[], None]:
+    """Have ``end(reason)`` called when the caller's token expires or is revoked; returns stop-watching."""
+    if principal.jti is None or principal.expires_at is None:
+        return lambda: None  # anonymous read: no token to outlive
+    auth: Authenticator = ws.state.authenticator
+    token = Token(principal.sub, principal.jti, principal.stamp)
+    return auth.guard.watch(token, principal.expires_at - auth.clock(), end)
 
 
 async def _until_disconnect(ws: WebSocket) -> None:
