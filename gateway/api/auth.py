@@ -9,7 +9,8 @@
 - Login attempts are limited per username and client address (OWASP API2, IEC 62443-3-3 SR 1.11).
 - Revocation: a token carries its user's token stamp; logout revokes its ``jti``, and any change of
   the user's password, role, sites or disabled flag (or deleting the user) changes the stamp, revoking
-  every token issued before. Checked on every request and WebSocket handshake, and open streams close when their token is revoked or expires (api/token_guard.py).
+  every token issued before. Checked on every request and WebSocket handshake, and open streams close
+  when their token is revoked or expires (api/token_guard.py).
 - A token carries the user's sites (OWASP API1: empty means every site); it is revoked when they change.
 """
 
