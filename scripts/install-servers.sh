@@ -2,7 +2,8 @@
 # Installs the servers the test suite starts on free loopback ports: mosquitto, InfluxDB 1.x
 # (influxd), VictoriaMetrics (the InfluxDB v2 write API) and PostgreSQL (the edge API storage tests
 # run initdb/postgres from /usr/lib/postgresql/*/bin in a temp dir), and Node.js with npm for the
-# OPC UA interop test (an independent node-opcua client). Debian/Ubuntu package names.
+# OPC UA interop test (an independent node-opcua client), and mbpoll for the Modbus interop test (an
+# independent Modbus client). Debian/Ubuntu package names.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -11,6 +12,7 @@ command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
