@@ -146,6 +146,45 @@ async def test_stalled_subscription_reconnects(server: OpcUaTestServer) -> None:
         assert source._feed.subscription_ids != [sid]
 
 
+async def test_lost_link_transfers_the_subscription_and_recovers_every_change(
+    server: OpcUaTestServer,  # noqa: F811
+) -> None:
+    """The TCP link breaks but the server keeps running: the source reports BadNoCommunication,
+    reconnects, takes its subscription over (TransferSubscriptions) and delivers every change made
+    while it was away, in order, from the items' server-side queues."""
+    async with OpcUaSource(config(item_queue_size=50), catalogue_for(server.endpoint)) as source:
+        collector = Collector(source)
+        await collector.read()
+        feed, client = source._feed, source._client
+        assert feed is not None
+        assert client is not None
+        sids = feed.subscription_ids
+        protocol = client.uaclient.protocol
+        assert protocol is not None
+        assert protocol.transport is not None
+        protocol.transport.abort()  # the network drops; the server keeps the session's subscriptions
+        for i in range(1, 21):  # changed while the gateway is away
+            await server.nodes["count"].write_value(i, ua.VariantType.Int32)
+
+        async def all_arrived() -> bool:
+            await collector.read()
+            return [r.value for r in collector.where("count") if r.quality == GOOD][-20:] == list(range(1, 21))
+
+        await until(all_arrived, "every change made during the outage arrives, in order")
+        assert any(r.quality == BAD_NO_COMMUNICATION for r in collector.readings)  # the outage was reported
+        assert source._feed is feed  # the same feed, moved to the new session
+        assert feed.subscription_ids == sids
+        assert source._client is not client
+        assert feed.missed_messages == 0
+        await server.nodes["count"].write_value(99, ua.VariantType.Int32)
+
+        async def live_again() -> bool:
+            await collector.read()
+            return any(r.value == 99 for r in collector.where("count"))
+
+        await until(live_again, "changes after the transfer arrive through the new session")
+
+
 async def test_restart_with_new_node_ids_followed_within_10s(server: OpcUaTestServer) -> None:  # noqa: F811
     async with OpcUaSource(config(), catalogue_for(server.endpoint)) as source:
         await source.read()

@@ -139,6 +139,10 @@ class OpcUaSourceConfig(_SourceCommon):
     keepalive_s: float = Field(default=5.0, gt=0, le=3600)
     # Readings received between two read() calls; when full the oldest are dropped and counted.
     queue_max: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Samples the server keeps per monitored item between two publishes. None: publishing / sampling
+    # interval. Larger values let a transferred subscription deliver every change of a link outage
+    # (up to this many per item), at the cost of PLC memory while the link is down.
+    item_queue_size: int | None = Field(default=None, ge=1, le=10_000)
     security: OpcUaSecurity = OpcUaSecurity()
     username: str | None = None
     password: SecretStr | None = None

@@ -15,16 +15,18 @@ node at each call. In both modes a source that is down yields BadNoCommunication
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 _RESOLVE_RETRY_S = 2.0  # nodes missing right after a restart usually appear once the server is built
 _CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, UaError)
 
+_SERVER_START_TIME = ua.NodeId(cast(Any, ObjectIds.Server_ServerStatus_StartTime))
 _DECODE_ERRORS = (Unsupported, struct.error, IndexError, ValueError)
 READ_BACK_WINDOW_S = 2.0  # several PLC scans: long enough for a write to show, short enough to cost little
 
@@ -72,6 +75,10 @@ class OpcUaSource(SourceBase):
         # publishing interval, too late for a command's read-back.
         self._read_back: dict[int, float] = {}
         self._dropped_before = 0  # notifications dropped by feeds of earlier connections
+        # A feed whose link was lost, kept for TransferSubscriptions on the next connection, and the
+        # server instance it belongs to (namespace array, ServerStatus.StartTime).
+        self._suspended: SubscriptionFeed | None = None
+        self._server: tuple[tuple[str, ...], object] | None = None
 
     @property
     def subscribed(self) -> bool:
@@ -80,7 +87,8 @@ class OpcUaSource(SourceBase):
     @property
     def dropped(self) -> int:
         """Notifications dropped because reads fell behind (mode subscribe), over all connections."""
-        return self._dropped_before + (self._feed.dropped if self._feed is not None else 0)
+        live = sum(f.dropped for f in (self._feed, self._suspended) if f is not None)
+        return self._dropped_before + live
 
     async def connect(self) -> None:
         async with self._lock:
@@ -100,9 +108,12 @@ class OpcUaSource(SourceBase):
             self._set_available(False, f"{self.endpoint}: {exc or type(exc).__name__}; retry in {wait:.1f}s")
             return False
         self._client = client
-        self._nodes = [None] * len(self.points)
-        self._plan = None
         try:
+            if await self._resume(client):
+                self._set_available(True, f"{self.endpoint} (subscriptions transferred)")
+                return True
+            self._nodes = [None] * len(self.points)
+            self._plan = None
             await self._resolve()
             if self.subscribed:
                 await self._subscribe(client)
@@ -111,6 +122,33 @@ class OpcUaSource(SourceBase):
             return False
         self._set_available(True, self.endpoint)
         return True
+
+    async def _resume(self, client: Client) -> bool:
+        """Carry the suspended feed over to this connection when the server is the same instance.
+        Its NodeIds still hold then; a restarted server gets everything resolved again."""
+        previous, self._server = self._server, await self._server_instance(client)
+        feed, self._suspended = self._suspended, None
+        if feed is None:
+            return False
+        try:
+            same = previous is not None and previous == self._server and await feed.transfer(client)
+        except BaseException:
+            self._retire(feed)
+            raise
+        if not same:
+            self._retire(feed)
+            return False
+        self._feed = feed
+        log.info("source %s: subscriptions transferred to the new session; %d message(s) not recovered so far",
+                 self.name, feed.missed_messages)
+        return True
+
+    @staticmethod
+    async def _server_instance(client: Client) -> tuple[tuple[str, ...], object] | None:
+        with contextlib.suppress(UaStatusCodeError):
+            start = await client.get_node(_SERVER_START_TIME).read_value()
+            return tuple(await client.get_namespace_array()), start
+        return None  # no StartTime: never assume the same instance
 
     def _feed_settings(self) -> FeedSettings:
         c = self.config
@@ -122,6 +160,7 @@ class OpcUaSource(SourceBase):
             max_items_per_subscription=c.max_items_per_subscription,
             queue_max=c.queue_max,
             timeout_s=c.timeout_s,
+            item_queue_size=c.item_queue_size,
         )
 
     async def _subscribe(self, client: Client) -> None:
@@ -156,10 +195,20 @@ class OpcUaSource(SourceBase):
 
     def _lost(self, reason: str) -> None:
         client, self._client = self._client, None
-        self._drop_feed()
+        feed, self._feed = self._feed, None
+        keep = feed is not None and feed.subscription_count > 0
+        if feed is not None and keep:
+            feed.suspend()
+            if self._suspended is not None:
+                self._retire(self._suspended)
+            self._suspended = feed
+        elif feed is not None:
+            self._retire(feed)
         if client is not None:
-            # Detached so that a dead server cannot delay the poll that noticed it.
-            task = asyncio.get_running_loop().create_task(quiet_disconnect(client, self.config.timeout_s))
+            # Detached so that a dead server cannot delay the poll that noticed it. The session is
+            # closed without deleting the subscriptions the next session may take over.
+            task = asyncio.get_running_loop().create_task(
+                quiet_disconnect(client, self.config.timeout_s, keep_subscriptions=keep))
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
         wait = self._backoff.failed()
@@ -169,11 +218,9 @@ class OpcUaSource(SourceBase):
         async with self._lock:
             return await self._read_locked()
 
-    def _drop_feed(self) -> None:
-        feed, self._feed = self._feed, None
-        if feed is not None:
-            feed.detach()
-            self._dropped_before += feed.dropped
+    def _retire(self, feed: SubscriptionFeed) -> None:
+        feed.detach()
+        self._dropped_before += feed.dropped
 
     async def _read_locked(self) -> list[Reading]:
         refs = [p.ref for p in self.points]
@@ -339,7 +386,10 @@ class OpcUaSource(SourceBase):
 
     async def close(self) -> None:
         self._closed = True
-        self._drop_feed()
+        for feed in (self._feed, self._suspended):
+            if feed is not None:
+                self._retire(feed)
+        self._feed = self._suspended = None
         client, self._client = self._client, None
         if client is not None:
             await quiet_disconnect(client, self.config.timeout_s)

@@ -53,8 +53,10 @@ async def certificate_application_uri(path: str) -> str | None:
     return None
 
 
-async def quiet_disconnect(client: Client, timeout_s: float) -> None:
-    """Disconnect without raising or logging tracebacks: the peer is usually gone already."""
+async def quiet_disconnect(client: Client, timeout_s: float, *, keep_subscriptions: bool = False) -> None:
+    """Disconnect without raising or logging tracebacks: the peer is usually gone already.
+    ``keep_subscriptions``: close the session with DeleteSubscriptions=false (Part 4 §5.6.4), so a
+    later session can take them over with TransferSubscriptions."""
     if client.uaclient.state.value in ("disconnected",):
         # No network I/O without a socket, but it stops the client's supervisor, watchdog and
         # publish loop, which would otherwise retry (and log) every second forever.
@@ -62,6 +64,10 @@ async def quiet_disconnect(client: Client, timeout_s: float) -> None:
             await asyncio.wait_for(client.close_session(), timeout_s)
         client.disconnect_socket()
         return
+    if keep_subscriptions:
+        # asyncua's disconnect() always deletes them; closing the session first makes it skip that.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.uaclient.close_session(False), timeout_s)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.disconnect(), timeout_s)
     client.disconnect_socket()

@@ -1,11 +1,14 @@
 """Subscriptions of an OpcUaSource (``mode: subscribe``): monitored items in a few batched subscriptions.
 
-One feed lives exactly as long as one client connection. The source builds a new feed after every
-(re)connect, once it has resolved the browse paths again, because a restarted PLC may hand out new
-NodeIds and namespace indexes (anchors §3 #1): transferring the old subscription would keep
-monitoring NodeIds that no longer mean the same variable. Values that changed while the link was
-down are not recovered (conventions §5.1: PLC -> gateway is latest-value sampling); the initial
-notification of each new monitored item carries the current value.
+A feed outlives a lost link when the server may still hold its subscriptions (Part 4 §5.13.7): the
+source suspends it, and after reconnecting to the same server instance (same namespace array and
+ServerStatus.StartTime) moves the subscriptions to the new session with TransferSubscriptions and
+asks for every NotificationMessage the link lost with Republish. What changed while the link was down
+then arrives with its original timestamps, as far as the items' server-side queues held it
+(``item_queue_size``). A restarted PLC may hand out new NodeIds and namespace indexes (anchors §3 #1),
+so when the server is not the same instance, or the transfer fails, the source builds a new feed
+after resolving the browse paths again; the initial notification of each new monitored item then
+carries the current value, and changes during the outage are not recovered.
 
 The feed sends the Subscription services itself (CreateSubscription, CreateMonitoredItems, Publish,
 Republish) rather than using asyncua's ``Subscription`` class or its publish loop: that class starts
@@ -77,6 +80,7 @@ class FeedSettings:
     max_items_per_subscription: int
     queue_max: int
     timeout_s: float
+    item_queue_size: int | None = None  # None: one sample per publishing interval
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class SubscriptionFeed:
         self._publishers: set[asyncio.Task[None]] = set()
         self._acks: list[ua.SubscriptionAcknowledgement] = []
         self._deliver = asyncio.Lock()  # a gap's Republish completes before later messages are queued
+        self._suspended = False  # link lost, subscriptions possibly still on the server
 
     @property
     def subscription_count(self) -> int:
@@ -179,16 +184,19 @@ class SubscriptionFeed:
         stale_after = max(_STALE_FLOOR_S, interval_s * min(lifetime, 3 * keepalives) + s.timeout_s)
         sub = _Subscription(int(result.SubscriptionId), stale_after, time.monotonic())
         self._subs[sub.subscription_id] = sub
-        while len(self._publishers) < PUBLISHERS:
-            task = asyncio.get_running_loop().create_task(
-                self._publish_loop(client), name=f"publish-{self.source_name}")
-            self._publishers.add(task)
-            task.add_done_callback(self._publishers.discard)
+        self._start_publishing(client)
         log.debug(
             "source %s: subscription %d, publishing %.0f ms, keep-alive x%d, stale after %.1fs",
             self.source_name, sub.subscription_id, interval_s * 1000, keepalives, stale_after,
         )
         return sub
+
+    def _start_publishing(self, client: Client) -> None:
+        while len(self._publishers) < PUBLISHERS:
+            task = asyncio.get_running_loop().create_task(
+                self._publish_loop(client), name=f"publish-{self.source_name}")
+            self._publishers.add(task)
+            task.add_done_callback(self._publishers.discard)
 
     async def _create_items(
         self, client: Client, sub: _Subscription, batch: Sequence[tuple[int, ua.NodeId]]
@@ -196,7 +204,9 @@ class SubscriptionFeed:
         s = self.settings
         # Sampling faster than publishing: let the server keep every sample between two publishes.
         queue_size = 1
-        if s.sampling_ms > 0:
+        if s.item_queue_size is not None:
+            queue_size = s.item_queue_size
+        elif s.sampling_ms > 0:
             queue_size = min(_MAX_ITEM_QUEUE, max(1, math.ceil(s.publishing_ms / s.sampling_ms)))
         requests = []
         for index, node in batch:
@@ -266,7 +276,7 @@ class SubscriptionFeed:
 
     async def _on_batch(self, client: Client, batch: PublishBatch) -> None:
         """Called for every PublishResponse, keep-alives included, in the order they arrived."""
-        if self._closed:
+        if self._closed or self._suspended:
             return
         sub = self._subs.get(batch.subscription_id)
         if sub is not None:
@@ -292,18 +302,21 @@ class SubscriptionFeed:
         if len(missing) > _REPUBLISH_MAX:
             self.missed_messages += len(missing)
         else:
-            held = set(available)
-            for number in missing:
-                batch = await self._republish(client, sub, number) if number in held else None
-                if batch is None:
-                    self.missed_messages += 1
-                    continue
-                self._acks.append(
-                    ua.SubscriptionAcknowledgement(SubscriptionId=sub.subscription_id, SequenceNumber=number))
-                for index, value, status, stamp in batch.items:
-                    self.put(index, value, status, stamp)
+            await self._recover(client, sub, missing, set(available))
         log.warning("source %s: subscription %d skipped sequence numbers %d-%d (%d not recovered so far)",
                     self.source_name, sub.subscription_id, missing.start, missing.stop - 1, self.missed_messages)
+
+    async def _recover(self, client: Client, sub: _Subscription, numbers: Sequence[int], held: set[int]) -> None:
+        """Republish ``numbers`` in order and queue their notifications; count what the server lost."""
+        for number in numbers:
+            batch = await self._republish(client, sub, number) if number in held else None
+            if batch is None:
+                self.missed_messages += 1
+                continue
+            self._acks.append(
+                ua.SubscriptionAcknowledgement(SubscriptionId=sub.subscription_id, SequenceNumber=number))
+            for index, value, status, stamp in batch.items:
+                self.put(index, value, status, stamp)
 
     async def _republish(self, client: Client, sub: _Subscription, number: int) -> PublishBatch | None:
         request = ua.RepublishRequest()
@@ -367,6 +380,57 @@ class SubscriptionFeed:
             if now - sub.last_publish > sub.stale_after_s:
                 return f"subscription {sub.subscription_id} stalled: no publish for {now - sub.last_publish:.1f}s"
         return None
+
+    # --- surviving a lost link ------------------------------------------------------------------
+
+    def suspend(self) -> None:
+        """The link is gone; the server may keep the subscriptions for their lifetime. Stop asking
+        for publishes, keep the subscriptions, their sequence numbers and unsent acknowledgements."""
+        self._suspended = True
+        for task in list(self._publishers):
+            task.cancel()
+
+    async def transfer(self, client: Client) -> bool:
+        """Move the subscriptions to ``client``'s session and recover what the link lost.
+        False: the server no longer has them all (the caller starts a new feed)."""
+        ids = list(self._subs)
+        if not ids:
+            return False
+        request = ua.TransferSubscriptionsRequest()
+        request.Parameters.SubscriptionIds = ids
+        request.Parameters.SendInitialValues = False  # Republish brings what changed, in order
+        try:
+            response = struct_from_binary(
+                ua.TransferSubscriptionsResponse, await client.uaclient._send_request(request))
+            response.ResponseHeader.ServiceResult.check()
+        except UaStatusCodeError:  # e.g. BadServiceUnsupported: a server without the service
+            return False
+        results = response.Parameters.Results
+        moved = [sid for sid, result in zip(ids, results, strict=True) if result.StatusCode.is_good()]
+        if len(moved) < len(ids):
+            await self._delete(client, moved)  # half a feed would watch only some tags
+            return False
+        self._suspended = False
+        self._problem = None
+        now = time.monotonic()
+        for sid, result in zip(ids, results, strict=True):
+            sub = self._subs[sid]
+            sub.last_publish = now
+            held = sorted(int(n) for n in result.AvailableSequenceNumbers or [])
+            lost = [n for n in held if n >= sub.next_sequence]  # sent on the old link, never received
+            await self._recover(client, sub, lost, set(held))
+            if lost:
+                sub.next_sequence = lost[-1] + 1
+        self._start_publishing(client)
+        return True
+
+    async def _delete(self, client: Client, ids: list[int]) -> None:
+        if not ids:
+            return
+        request = ua.DeleteSubscriptionsRequest()
+        request.Parameters.SubscriptionIds = ids
+        with contextlib.suppress(UaError, ConnectionError, OSError, TimeoutError):
+            await client.uaclient._send_request(request)
 
     def detach(self) -> None:
         """Ignore anything the (old) connection may still deliver, and stop asking for it."""
