@@ -201,7 +201,7 @@ def _from_file(outbox: Outbox, n: int, after_id: int) -> list[tuple[int, str, by
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(1, 12), st.integers(1, 15), st.lists(
+@given(st.integers(1, 12), st.integers(0, 15), st.lists(
     st.tuples(st.sampled_from(["append", "ack", "discard", "peek"]), st.integers(0, 9), st.integers(0, 40)),
     max_size=40))
 def test_memory_tail_answers_like_the_file(tmp_path_factory: pytest.TempPathFactory, max_rows: int, tail_max: int,

@@ -138,7 +138,11 @@ class InfluxSink(OutboxForwarding):
         if self._task is not None or self._closed:
             return
         cfg = self.config
-        self._outbox = await AsyncOutbox.open(outbox_path(self.data_dir, self.name), cfg.outbox_max_rows)
+        # No memory tail: this sink reads thousands of lines once per flush interval, so selecting
+        # them back costs little, while keeping a record object per line in memory cost a tenth of
+        # the gateway's CPU at 25,000 values/s.
+        self._outbox = await AsyncOutbox.open(
+            outbox_path(self.data_dir, self.name), cfg.outbox_max_rows, tail_max=0)
         if cfg.api == "v1":
             auth = (cfg.username, cfg.password or "") if cfg.username else None
             self._http = httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, auth=auth)

@@ -169,6 +169,8 @@ class Outbox:
     def _remember(self, first_id: int, records: Sequence[tuple[str, bytes]], created: float) -> None:
         """Keep the records just committed in the memory tail. One transaction holds the write lock
         and AUTOINCREMENT ids only grow, so its rows got consecutive ids ending at the last one."""
+        if self._tail_max == 0:
+            return
         tail = self._tail
         if tail and tail[-1].id != first_id - 1:
             tail.clear()  # not contiguous (cannot happen with one writer): start over
@@ -262,9 +264,9 @@ class AsyncOutbox:
         self.sync = outbox
 
     @classmethod
-    async def open(cls, path: str | Path, max_rows: int = 100_000) -> AsyncOutbox:
-        """Open (creating if needed) the outbox file."""
-        return cls(Outbox(path, max_rows))
+    async def open(cls, path: str | Path, max_rows: int = 100_000, *, tail_max: int = 20_000) -> AsyncOutbox:
+        """Open (creating if needed) the outbox file; ``tail_max`` as for :class:`Outbox`."""
+        return cls(Outbox(path, max_rows, tail_max=tail_max))
 
     async def append(self, records: Sequence[tuple[str, bytes]]) -> int:
         return self.sync.append(records)
