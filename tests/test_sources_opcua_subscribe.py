@@ -146,6 +146,20 @@ async def test_stalled_subscription_reconnects(server: OpcUaTestServer) -> None:
         assert source._feed.subscription_ids != [sid]
 
 
+async def test_tag_groups_sample_at_their_own_interval(server: OpcUaTestServer) -> None:  # noqa: F811
+    groups = [{"match": "pump1/temp", "sampling_interval_ms": 500}, {"match": "pump1/*", "sampling_interval_ms": 20}]
+    async with OpcUaSource(config(tag_groups=groups), catalogue_for(server.endpoint)) as source:
+        await source.read()
+        feed = source._feed
+        assert feed is not None
+        asked = {source.points[i].ref.tag: ms for i, ms in feed.sampling_ms.items()}
+    assert asked["temp"] == 500  # the first matching group wins
+    assert asked["count"] == 20
+    assert {ms for tag, ms in asked.items() if tag not in ("temp", "count")} == {20}  # pump1/* covers the rest
+    with pytest.raises(ValueError, match="match"):
+        config(tag_groups=[{"sampling_interval_ms": 5}])
+
+
 async def test_lost_link_transfers_the_subscription_and_recovers_every_change(
     server: OpcUaTestServer,  # noqa: F811
 ) -> None:

@@ -28,69 +28,38 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import ConnectFlags, DisconnectFlags
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from gateway.encoders.uns_json import PayloadEncoder, UnsJsonEncoder, sanitize_level
 from gateway.readings import Reading
 from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
-from gateway.sinks.mqtt_link import MqttLink
+from gateway.sinks.mqtt_link import (
+    MISC_INTERVAL_S,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    MqttConnectionConfig,
+    MqttLink,
+    make_client,
+)
 from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
 
 log = logging.getLogger(__name__)
 
-# §5.2: paho defaults to 1 s -> 120 s; the gateway caps at 30 s so recovery after an outage is
-# noticed within half a minute.
-RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 30
-# How often paho's keep-alive timer runs. A quarter of the keep-alive at most: the broker drops a
-# client silent for 1.5 keep-alives, and the PINGREQ goes out up to one interval late.
-MISC_INTERVAL_S = 1.0
-
-
-class MqttTlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-class MqttSinkConfig(BaseModel):
-    """``[sinks.mqtt]``. Unknown keys are errors (ARCHITECTURE.md habit 2)."""
-
-    model_config = ConfigDict(extra="forbid")
+class MqttSinkConfig(MqttConnectionConfig):
+    """``[sinks.mqtt]``: the connection keys of :class:`MqttConnectionConfig` plus these."""
 
     enabled: bool = True
-    url: str = "mqtt://127.0.0.1:1883"  # mqtt:// or mqtts://, optional user:pass@
-    protocol: Literal["3.1.1", "5"] = "5"
     qos: Literal[0, 1, 2] = 1  # §3.4: telemetry at QoS 1
     topic_prefix: str = "twinedge"
     layout: Literal["asset", "tag"] = "asset"
     retain: bool = True  # §3.4: latest-value topics are retained
-    client_id: str | None = None
-    tls: MqttTlsConfig | None = None
     batch_max: int = Field(default=500, ge=1)
-    # §3.3: Mosquitto >= 2.0.12 needs a non-zero keep-alive.
-    keepalive_s: int = Field(default=30, ge=1, le=65535)
     outbox_max_rows: int = Field(default=100_000, ge=1)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("url must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("url has no host")
-        _ = parts.port  # raises ValueError on a malformed port
-        return v
 
 
 class MqttSink(OutboxForwarding):
@@ -158,24 +127,8 @@ class MqttSink(OutboxForwarding):
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
 
     def _make_client(self) -> mqtt.Client:
-        cfg = self.config
-        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        # reconnect_on_failure=False: MqttLink owns reconnects. Left on, paho would also reconnect inline,
-        # with a blocking connect on the event loop, when a broker refuses the protocol version.
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol, reconnect_on_failure=False
-        )
-        parts = urlsplit(cfg.url)
-        if parts.username is not None:
-            password = unquote(parts.password) if parts.password is not None else None
-            client.username_pw_set(unquote(parts.username), password)
-        if parts.scheme == "mqtts":
-            tls = cfg.tls or MqttTlsConfig()
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+        client = make_client(self.config, self.client_id, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY)
         client.will_set(self.status_topic, json.dumps({"online": False}), qos=1, retain=True)
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        # Only records the endpoint for MqttLink's reconnect(); no I/O.
-        client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=cfg.keepalive_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -11,6 +11,9 @@ The one blocking step is opening a connection: paho 2.2's ``reconnect()`` does a
 (up to ``connect_timeout``, 5 s) and, for mqtts, the TLS handshake, and it has no non-blocking
 variant. It runs on a worker thread, where it only queues CONNECT; the socket is registered with the
 loop once the thread is done, so the loop and the thread never use the client at the same time.
+
+The settings every MQTT sink shares (broker URL, protocol, TLS, keep-alive) and building a paho client
+from them live here too, so the UNS JSON and Sparkplug B sinks connect the same way.
 """
 
 from __future__ import annotations
@@ -19,12 +22,78 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
-    from paho.mqtt.client import SocketLike
+    from paho.mqtt.client import CleanStartOption, SocketLike
+
+# §5.2: paho defaults to 1 s -> 120 s; the gateway caps at 30 s so recovery after an outage is
+# noticed within half a minute.
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+# How often paho's keep-alive timer runs. A quarter of the keep-alive at most: the broker drops a
+# client silent for 1.5 keep-alives, and the PINGREQ goes out up to one interval late.
+MISC_INTERVAL_S = 1.0
+
+
+class MqttTlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class MqttConnectionConfig(BaseModel):
+    """The broker connection keys shared by the MQTT sinks. Unknown keys are errors (habit 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt:// or mqtts://, optional user:pass@
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str | None = None
+    tls: MqttTlsConfig | None = None
+    # §3.3: Mosquitto >= 2.0.12 needs a non-zero keep-alive.
+    keepalive_s: int = Field(default=30, ge=1, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("url must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("url has no host")
+        _ = parts.port  # raises ValueError on a malformed port
+        return v
+
+
+def make_client(config: MqttConnectionConfig, client_id: str, *, clean_start: CleanStartOption) -> mqtt.Client:
+    """A paho client for ``config``, not connected. Blocking (``tls_set`` reads certificate files): call
+    it off the loop. ``clean_start`` is paho's MQTT 5 option (``MQTT_CLEAN_START_FIRST_ONLY`` or a bool);
+    MQTT 3.1.1 always gets a clean session."""
+    protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+    # reconnect_on_failure=False: MqttLink owns reconnects. Left on, paho would also reconnect inline,
+    # with a blocking connect on the event loop, when a broker refuses the protocol version.
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=False
+    )
+    parts = urlsplit(config.url)
+    if parts.username is not None:
+        password = unquote(parts.password) if parts.password is not None else None
+        client.username_pw_set(unquote(parts.username), password)
+    if parts.scheme == "mqtts":
+        tls = config.tls or MqttTlsConfig()
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    # Only records the endpoint for MqttLink's reconnect(); no I/O.
+    client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=config.keepalive_s, clean_start=clean_start)
+    return client
 
 
 class MqttLink:
@@ -44,6 +113,7 @@ class MqttLink:
         retry_min_s: float,
         retry_max_s: float,
         on_connect_error: Callable[[OSError], None],
+        before_connect: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._loop = asyncio.get_running_loop()
@@ -51,6 +121,9 @@ class MqttLink:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._on_connect_error = on_connect_error
+        # Runs on the loop before each attempt, while no thread uses the client: the place to change what the
+        # next CONNECT carries (Sparkplug's Will holds a bdSeq that grows with every CONNECT).
+        self._before_connect = before_connect
         self._retry_delay_s: float | None = None
         # The socket's fd while it is registered with the loop. paho calls the socket callbacks on the
         # worker thread too (inside reconnect(), before the socket is ours): None makes them no-ops there.
@@ -106,6 +179,8 @@ class MqttLink:
         return self._retry_delay_s
 
     async def _open(self) -> None:
+        if self._before_connect is not None:
+            self._before_connect()
         attempt = asyncio.ensure_future(asyncio.to_thread(self._client.reconnect))
         try:
             await asyncio.shield(attempt)

@@ -102,6 +102,14 @@ class OpcUaTagConfig(StrictModel):
         return self
 
 
+class OpcUaTagGroup(StrictModel):
+    """Tags sampled at their own interval: ``match`` is a shell pattern on ``<asset>/<tag>``
+    (``conveyor-*/belt_speed``, ``crusher-01/*``); the first group that matches a tag wins."""
+
+    match: str = Field(min_length=1)
+    sampling_interval_ms: int = Field(ge=0, le=86_400_000)
+
+
 class OpcUaSecurity(StrictModel):
     policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
     mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
@@ -143,6 +151,8 @@ class OpcUaSourceConfig(_SourceCommon):
     # interval. Larger values let a transferred subscription deliver every change of a link outage
     # (up to this many per item), at the cost of PLC memory while the link is down.
     item_queue_size: int | None = Field(default=None, ge=1, le=10_000)
+    # Sampling intervals per tag group (mode subscribe); tags in no group use sampling_interval_ms.
+    tag_groups: tuple[OpcUaTagGroup, ...] = ()
     security: OpcUaSecurity = OpcUaSecurity()
     username: str | None = None
     password: SecretStr | None = None

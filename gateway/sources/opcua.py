@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import struct
 import time
@@ -161,7 +162,18 @@ class OpcUaSource(SourceBase):
             queue_max=c.queue_max,
             timeout_s=c.timeout_s,
             item_queue_size=c.item_queue_size,
+            sampling_overrides=self._group_sampling(),
         )
+
+    def _group_sampling(self) -> dict[int, float]:
+        """Point index -> sampling interval of the first tag group matching ``<asset>/<tag>``."""
+        out: dict[int, float] = {}
+        for i, point in enumerate(self.points):
+            name = f"{point.ref.asset}/{point.ref.tag}"
+            group = next((g for g in self.config.tag_groups if fnmatch.fnmatchcase(name, g.match)), None)
+            if group is not None:
+                out[i] = float(group.sampling_interval_ms)
+        return out
 
     async def _subscribe(self, client: Client) -> None:
         """A fresh feed for this connection: monitored items for every resolved node, then wait

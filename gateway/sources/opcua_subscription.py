@@ -34,8 +34,8 @@ import math
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -81,6 +81,8 @@ class FeedSettings:
     queue_max: int
     timeout_s: float
     item_queue_size: int | None = None  # None: one sample per publishing interval
+    # point index -> sampling interval of its tag group (tag_groups), where it differs from sampling_ms
+    sampling_overrides: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -113,6 +115,8 @@ class SubscriptionFeed:
         self._acks: list[ua.SubscriptionAcknowledgement] = []
         self._deliver = asyncio.Lock()  # a gap's Republish completes before later messages are queued
         self._suspended = False  # link lost, subscriptions possibly still on the server
+        # point index -> sampling interval asked for (servers may revise it: asyncua's samples on change)
+        self.sampling_ms: dict[int, float] = {}
 
     @property
     def subscription_count(self) -> int:
@@ -202,18 +206,14 @@ class SubscriptionFeed:
         self, client: Client, sub: _Subscription, batch: Sequence[tuple[int, ua.NodeId]]
     ) -> list[int]:
         s = self.settings
-        # Sampling faster than publishing: let the server keep every sample between two publishes.
-        queue_size = 1
-        if s.item_queue_size is not None:
-            queue_size = s.item_queue_size
-        elif s.sampling_ms > 0:
-            queue_size = min(_MAX_ITEM_QUEUE, max(1, math.ceil(s.publishing_ms / s.sampling_ms)))
         requests = []
         for index, node in batch:
+            sampling_ms = s.sampling_overrides.get(index, s.sampling_ms)
             mparams = ua.MonitoringParameters()
             mparams.ClientHandle = index
-            mparams.SamplingInterval = s.sampling_ms
-            mparams.QueueSize = queue_size
+            mparams.SamplingInterval = sampling_ms
+            self.sampling_ms[index] = sampling_ms
+            mparams.QueueSize = self._queue_size(sampling_ms)
             mparams.DiscardOldest = True
             request = ua.MonitoredItemCreateRequest()
             request.ItemToMonitor = ua.ReadValueId(NodeId=node, AttributeId=cast(Any, AttributeIds.Value))
@@ -241,6 +241,15 @@ class SubscriptionFeed:
                 unresolved.append(index)
             self.put(index, None, code, None)
         return unresolved
+
+    def _queue_size(self, sampling_ms: float) -> int:
+        s = self.settings
+        if s.item_queue_size is not None:
+            return s.item_queue_size
+        if sampling_ms <= 0:
+            return 1
+        # Sampling faster than publishing: let the server keep every sample between two publishes.
+        return min(_MAX_ITEM_QUEUE, max(1, math.ceil(s.publishing_ms / sampling_ms)))
 
     # --- notifications ---------------------------------------------------------------------------
 
