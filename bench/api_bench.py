@@ -153,7 +153,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, queue_size: int,
-          keep: bool = False, load_plcs: int = 1, opcua_mode: str = "subscribe") -> Iterator[Stack]:
+          keep: bool = False, load_plcs: int = 1, opcua_mode: str = "subscribe",
+          modbus_connections: int = 1) -> Iterator[Stack]:
     import yaml
 
     tmp = Path(tempfile.mkdtemp(prefix="twinedge-api-bench-"))
@@ -178,7 +179,7 @@ def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, q
         sources: list[dict[str, Any]] = []
         for n in range(load_plcs if conveyors else 0):
             sources.append({"name": f"load{n}", "protocol": "modbus", "plc": f"plc-load{n}",
-                            "interval_ms": interval_ms})
+                            "interval_ms": interval_ms, "connections": modbus_connections})
         sources.append({"name": "ua", "protocol": "opcua", "plc": "plc-ua", "interval_ms": poll_ms, "mode": opcua_mode,
                         "username": OPCUA_USER["name"], "password": OPCUA_USER["password"]})
         sources.append({"name": "mb", "protocol": "modbus", "plc": "plc-mb", "interval_ms": poll_ms})
@@ -318,7 +319,7 @@ async def _rest_worker(api: str, assets: list[str], rps: float, start_at: float,
 
 def run_ws(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, 100, 200, not args.no_mqtt, args.queue_size, args.keep,
-               args.load_plcs) as s:
+               args.load_plcs, modbus_connections=args.modbus_connections) as s:
         if not s.load_assets:
             raise SystemExit("--rate must be > 0 for the ws benchmark")
         start_at = time.time() + args.ramp_s
@@ -453,7 +454,7 @@ async def _commands(s: Stack, count: int) -> dict[str, Any]:
 
 def run_commands(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, args.scan_ms, args.poll_ms, not args.no_mqtt, 256, args.keep,
-               args.load_plcs, args.opcua_mode) as s:
+               args.load_plcs, args.opcua_mode, args.modbus_connections) as s:
         cpu0, t0 = cpu_seconds(s.gateway.pid), time.time()
         report = asyncio.run(_commands(s, args.count))
         report["gateway_cpu_pct"] = round((cpu_seconds(s.gateway.pid) - cpu0) / (time.time() - t0) * 100, 1)
@@ -499,6 +500,7 @@ def main() -> None:
     cmd.add_argument("--interval-ms", type=int, default=100, help="poll interval of the load source")
     for p in (ws, cmd):
         p.add_argument("--load-plcs", type=int, default=5, help="PLCs (Modbus sources) the load is split over")
+        p.add_argument("--modbus-connections", type=int, default=1, help="TCP connections per load source")
         p.add_argument("--no-mqtt", action="store_true", help="run without Mosquitto and the MQTT sink")
         p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()

@@ -238,6 +238,7 @@ class Layout:
     rate: int
     interval_ms: int
     protocols: tuple[str, ...]
+    modbus_connections: int = 1  # the Modbus sources' `connections`
 
     def conveyors(self, protocol: str) -> int:
         if protocol not in self.protocols:
@@ -280,6 +281,7 @@ def plant_config(layout: Layout, data_dir: Path) -> dict[str, Any]:
 def gateway_config(layout: Layout, data_dir: Path, catalogue: Path, mqtt_port: int, influx_url: str,
                    api_port: int) -> dict[str, Any]:
     sources = [{"name": f"{plc_id}-{protocol}", "protocol": protocol, "plc": plc_id, "interval_ms": layout.interval_ms}
+               | ({"connections": layout.modbus_connections} if protocol == "modbus" else {})
                for protocol in PROTOCOLS for plc_id, _ in layout.plcs(protocol)]
     return {"gateway": {"id": "gw-bench", "data_dir": str(data_dir), "catalogue": str(catalogue)},
             "sources": sources,
@@ -363,8 +365,8 @@ def watch(children: list[Child], seconds: float) -> None:
 
 
 def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protocols: tuple[str, ...],
-             drain_s: float, keep: bool) -> dict[str, Any]:
-    layout = Layout(rate, interval_ms, protocols)
+             drain_s: float, keep: bool, modbus_connections: int = 1) -> dict[str, Any]:
+    layout = Layout(rate, interval_ms, protocols, modbus_connections)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     result: dict[str, Any] = {"rate_target": rate, "duration_s": duration, "warmup_s": warmup,
                               "interval_ms": interval_ms, "load_before": os.getloadavg(),
@@ -538,6 +540,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, help="s before the window (default: 30, 10 with --sweep)")
     parser.add_argument("--interval-ms", type=int, default=100, help="source interval (default: %(default)s)")
     parser.add_argument("--protocol", choices=("both", *PROTOCOLS), default="both")
+    parser.add_argument("--modbus-connections", type=int, default=1,
+                        help="TCP connections per Modbus source (the source's `connections` key)")
     parser.add_argument("--drain", type=float, default=300.0, help="max s to wait for the outboxes (%(default)s)")
     parser.add_argument("--sweep", action="store_true", help="short runs at " + ", ".join(map(str, SWEEP_RATES)))
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -551,7 +555,8 @@ def main() -> int:
     failed = 0
     for rate in (SWEEP_RATES if args.sweep else (args.rate,)):
         try:
-            result = run_once(rate, duration, warmup, args.interval_ms, protocols, args.drain, args.keep)
+            result = run_once(rate, duration, warmup, args.interval_ms, protocols, args.drain, args.keep,
+                              args.modbus_connections)
         except (RuntimeError, TimeoutError, OSError) as exc:
             if not args.sweep:
                 raise

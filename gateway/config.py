@@ -14,6 +14,7 @@ from gateway.commands.queue import CommandQueueConfig
 from gateway.common.configfile import ConfigIssue, EnvOverride, StrictModel, load_config
 from gateway.sinks.influx import InfluxSinkConfig
 from gateway.sinks.mqtt import MqttSinkConfig
+from gateway.sinks.sparkplug import SparkplugSinkConfig
 from gateway.sources.config import ModbusSourceConfig, OpcUaSourceConfig
 from gateway.storage.db import StorageConfig
 
@@ -49,6 +50,7 @@ class GatewaySettings(StrictModel):
 class SinksConfig(StrictModel):
     mqtt: MqttSinkConfig = MqttSinkConfig()
     influx: InfluxSinkConfig = InfluxSinkConfig()
+    sparkplug: SparkplugSinkConfig = SparkplugSinkConfig()
 
 
 class WebSocketConfig(StrictModel):

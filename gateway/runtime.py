@@ -51,6 +51,7 @@ from gateway.readings import Reading
 from gateway.sinks.base import Sink
 from gateway.sinks.influx import InfluxSink
 from gateway.sinks.mqtt import MqttSink
+from gateway.sinks.sparkplug import SparkplugSink
 from gateway.sources.base import Source
 from gateway.sources.config import ModbusSourceConfig
 from gateway.sources.modbus import ModbusSource
@@ -197,6 +198,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         sinks.append(MqttSink(config.sinks.mqtt, config.gateway.id, data_dir))
     if config.sinks.influx.enabled:
         sinks.append(InfluxSink(config.sinks.influx, config.gateway.id, data_dir))
+    if config.sinks.sparkplug.enabled:
+        sinks.append(SparkplugSink(config.sinks.sparkplug, config.gateway.id, data_dir))
     processing = config.processing
     filter_ = None
     if processing.report_by_exception:
@@ -277,6 +280,9 @@ def describe(gateway: Gateway) -> Sequence[str]:
         influx = config.sinks.influx
         target = f"bucket {influx.bucket}" if influx.api == "v2" else f"database {influx.database}"
         lines.append(f"  InfluxDB ({influx.api} API): {influx.url} {target}")
+    if config.sinks.sparkplug.enabled:
+        spb = config.sinks.sparkplug
+        lines.append(f"  Sparkplug B: {spb.url} spBv1.0/{spb.group_id}/+/{spb.edge_node_id or config.gateway.id}/#")
     if config.api.enabled:
         base = f"http://{config.api.host}:{config.api.port}"
         lines.append(f"  API: {base}/api/v1  docs: {base}/docs  metrics: {base}/metrics")

@@ -53,6 +53,8 @@ class ModbusTestServer:
         self.port = port
         self.fail: dict[tuple[int, int], ExcCodes] = {}  # (function code, address)
         self.delay_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0  # requests being answered at once, over all connections
         self._server: ModbusTcpServer | None = None
 
     async def _action(
@@ -64,8 +66,13 @@ class ModbusTestServer:
         registers: list[int],
         values: Any,
     ) -> ExcCodes | None:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         for a in range(address, address + count):
             if (function_code, a) in self.fail:
                 return self.fail[(function_code, a)]
@@ -152,8 +159,9 @@ def config(port: int, **extra: Any) -> ModbusSourceConfig:
     return ModbusSourceConfig.model_validate(base | extra)
 
 
-async def test_reads_every_datatype_and_word_order(server: ModbusTestServer) -> None:
-    async with ModbusSource(config(server.port)) as source:
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_reads_every_datatype_and_word_order(server: ModbusTestServer, connections: int) -> None:
+    async with ModbusSource(config(server.port, connections=connections)) as source:
         # IR 0..18 is one declared block, so the gap at IR 14 is bridged (one IR request); HR 2-3 is
         # not declared readable, so HR takes two: coil + DI + 2 HR + 1 IR.
         assert len(source.plan) == 5
@@ -179,9 +187,12 @@ async def test_write_round_trips_through_the_codec(server: ModbusTestServer) -> 
             await source.write("m", "limit", 1e9)
 
 
-async def test_device_exceptions_become_bad_quality_for_their_request_only(server: ModbusTestServer) -> None:
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_device_exceptions_become_bad_quality_for_their_request_only(
+    server: ModbusTestServer, connections: int
+) -> None:
     server.fail = {(4, 0): ExcCodes.DEVICE_FAILURE, (3, 4): ExcCodes.ILLEGAL_ADDRESS}
-    async with ModbusSource(config(server.port)) as source:
+    async with ModbusSource(config(server.port, connections=connections)) as source:
         got = by_key(await source.read())
         assert source.connected  # exceptions are answers: the link is fine
     assert not source.connected  # closed
@@ -193,13 +204,28 @@ async def test_device_exceptions_become_bad_quality_for_their_request_only(serve
     assert got["estop"].quality == GOOD
 
 
-async def test_timeout_becomes_bad_timeout(server: ModbusTestServer) -> None:
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_timeout_becomes_bad_timeout(server: ModbusTestServer, connections: int) -> None:
     server.delay_s = 0.5
-    async with ModbusSource(config(server.port, timeout_s=0.1)) as source:
+    async with ModbusSource(config(server.port, timeout_s=0.1, connections=connections)) as source:
         got = await source.read()
         assert {r.quality for r in got} == {BAD_TIMEOUT}
         server.delay_s = 0.0
         await until(lambda: _all_good(source), "recovery after timeouts")
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_connections_spread_a_poll_over_lanes_in_plan_order(server: ModbusTestServer, connections: int) -> None:
+    """With N connections up to N requests are in flight at once; readings keep the plan's order."""
+    server.delay_s = 0.05  # long enough for the lanes' requests to overlap at the server
+    async with ModbusSource(config(server.port)) as single:
+        expected = [(r.asset, r.tag, r.value) for r in await single.read()]
+    server.max_in_flight = 0
+    async with ModbusSource(config(server.port, connections=connections)) as source:
+        got = [(r.asset, r.tag, r.value) for r in await source.read()]
+        await source.write("m", "setpoint", 1.5)  # commands go through the first connection
+    assert got == expected
+    assert server.max_in_flight == min(connections, len(source.plan))
 
 
 async def _all_good(source: ModbusSource) -> bool:

@@ -62,6 +62,9 @@ class ModbusSourceConfig(_SourceCommon):
     max_registers_per_request: int = Field(default=MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
     max_bits_per_request: int = Field(default=MAX_BITS, ge=1, le=MAX_BITS)
     readable_blocks: tuple[ReadableBlock, ...] = ()
+    # TCP connections to the device; a poll spreads its requests over them (requests on one
+    # connection are serial). Many devices accept a few; 1 is what every device accepts.
+    connections: int = Field(default=1, ge=1, le=16)
     tags: tuple[ModbusTagConfig, ...] = ()
 
     @model_validator(mode="after")

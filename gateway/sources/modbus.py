@@ -3,7 +3,10 @@
 pymodbus' own auto-reconnect is switched off (``reconnect_delay=0``): it reconnects in the
 background with a 300 s cap (conventions §5.2) and its requests fail while it does, so the source
 keeps the one backoff of SourceBase instead and builds a fresh client for every connect attempt.
-Requests on one connection are serial anyway (anchors §3 #17), so the planner's job is to make few.
+Requests on one connection are serial (anchors §3 #17), so the planner's job is to make few. A poll's
+wall time is then its requests times the round trip, which on a busy host (or a slow link) can exceed
+the interval; ``connections: N`` opens N connections to the device and spreads the poll's requests
+over them, one lane each, so N requests are in flight at once. Commands use the first connection.
 """
 
 from __future__ import annotations
@@ -149,48 +152,56 @@ class ModbusSource(SourceBase):
             max_bits=config.max_bits_per_request,
         )
         self._by_tag = {(p.ref.asset, p.ref.tag): p for p in self.map.points}
-        self._client: AsyncModbusTcpClient | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time: reads and commands share the socket
+        self._clients: list[AsyncModbusTcpClient] = []  # all connected, or none
+        self._lock = asyncio.Lock()  # one poll or command at a time: they share the connections
 
     async def connect(self) -> None:
         """One connect attempt; failure is logged, not raised (read() keeps retrying)."""
         async with self._lock:
             await self._connect_locked()
 
+    @property
+    def _connected(self) -> bool:
+        return bool(self._clients) and all(c.connected for c in self._clients)
+
     async def _connect_locked(self) -> bool:
-        if self._client is not None and self._client.connected:
+        if self._connected:
             return True
-        self._drop_client()
+        self._drop_clients()
         self._closed = False
-        client = AsyncModbusTcpClient(
-            self.map.host,
-            port=self.map.port,
-            timeout=self.config.timeout_s,
-            retries=self.config.retries,
-            reconnect_delay=0,  # our backoff, not pymodbus' (see module docstring)
-        )
-        try:
-            ok = await client.connect()
-        except (OSError, ModbusException) as exc:
-            ok, reason = False, str(exc)
-        else:
-            reason = "connect refused or timed out"
-        if not ok:
-            client.close()
+        clients = [
+            AsyncModbusTcpClient(
+                self.map.host,
+                port=self.map.port,
+                timeout=self.config.timeout_s,
+                retries=self.config.retries,
+                reconnect_delay=0,  # our backoff, not pymodbus' (see module docstring)
+            )
+            for _ in range(self.config.connections)
+        ]
+        outcomes = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
+        if not all(o is True for o in outcomes):
+            for client in clients:
+                client.close()
+            for outcome in outcomes:  # a bug, not a device problem: let it surface
+                if isinstance(outcome, BaseException) and not isinstance(outcome, OSError | ModbusException):
+                    raise outcome
+            errors = [str(o) for o in outcomes if isinstance(o, BaseException)]
+            reason = errors[0] if errors else "connect refused or timed out"
             wait = self._backoff.failed()
             self._set_available(False, f"{self.map.host}:{self.map.port}: {reason}; retry in {wait:.1f}s")
             return False
-        self._client = client
+        self._clients = clients
         self._set_available(True, f"{self.map.host}:{self.map.port}")
         return True
 
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+    def _drop_clients(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
             client.close()
 
     def _lost(self, reason: str) -> None:
-        self._drop_client()
+        self._drop_clients()
         wait = self._backoff.failed()
         self._set_available(False, f"{reason}; retry in {wait:.1f}s")
 
@@ -200,46 +211,61 @@ class ModbusSource(SourceBase):
 
     async def _read_locked(self) -> list[Reading]:
         refs = [p.ref for p in self.map.points]
-        if self._client is None or not self._client.connected:
-            if self._client is not None:
+        if not self._connected:
+            if self._clients:
                 self._lost("connection closed by peer")
             if self._closed or not self._backoff.ready() or not await self._connect_locked():
                 return self.bad_readings(refs, BAD_NO_COMMUNICATION)
-        readings: list[Reading] = []
-        for n, request in enumerate(self.plan):
+        lanes = len(self._clients)
+        outcomes: list[list[Reading]] = [[] for _ in self.plan]
+        lost = await asyncio.gather(
+            *(self._read_lane(client, lane, lanes, outcomes) for lane, client in enumerate(self._clients))
+        )
+        reason = next((r for r in lost if r is not None), None)
+        if reason is not None:
+            self._lost(reason)
+        return [reading for outcome in outcomes for reading in outcome]
+
+    async def _read_lane(
+        self, client: AsyncModbusTcpClient, lane: int, lanes: int, outcomes: list[list[Reading]]
+    ) -> str | None:
+        """Requests ``lane``, ``lane + lanes``, ... of the plan, one after the other on ``client``;
+        their readings go to ``outcomes`` by request index. Returns why the link is lost, if it is."""
+        for n in range(lane, len(self.plan), lanes):
+            request = self.plan[n]
             now = utcnow()
             try:
-                response = await self._execute(request)
+                response = await self._execute(client, request)
             except ModbusIOException as exc:
                 # pymodbus raises this for no answer after its retries. A late answer would still
                 # arrive on this socket and be taken for the next request's (transaction ids only
                 # catch some cases), so the connection is dropped, as libmodbus users flush it.
-                self._lost(f"{self._describe(request)}: no response within {self.config.timeout_s}s")
                 log.debug("source %s: %s", self.name, exc)
-                for rest in self.plan[n:]:
-                    readings += self._bad_for(rest, BAD_TIMEOUT, now)
-                return readings
+                self._fail_rest(n, lanes, BAD_TIMEOUT, now, outcomes)
+                return f"{self._describe(request)}: no response within {self.config.timeout_s}s"
             except (ConnectionException, OSError, TimeoutError) as exc:
-                self._lost(str(exc) or type(exc).__name__)
-                for rest in self.plan[n:]:
-                    readings += self._bad_for(rest, BAD_NO_COMMUNICATION, now)
-                return readings
+                self._fail_rest(n, lanes, BAD_NO_COMMUNICATION, now, outcomes)
+                return str(exc) or type(exc).__name__
             if response.isError():
                 code = int(getattr(response, "exception_code", 0))
                 quality = EXCEPTION_QUALITY.get(code, BAD_DEVICE_FAILURE)
                 log.debug("source %s: %s: exception %02X", self.name, self._describe(request), code)
-                readings += self._bad_for(request, quality, now)
+                outcomes[n] = self._bad_for(request, quality, now)
                 continue
-            readings += self._decode(request, response, now)
-        return readings
+            outcomes[n] = self._decode(request, response, now)
+        return None
 
-    async def _execute(self, request: ReadRequest) -> Any:
-        assert self._client is not None
+    def _fail_rest(self, first: int, lanes: int, quality: int, now: Any, outcomes: list[list[Reading]]) -> None:
+        for n in range(first, len(self.plan), lanes):
+            outcomes[n] = self._bad_for(self.plan[n], quality, now)
+
+    @staticmethod
+    async def _execute(client: AsyncModbusTcpClient, request: ReadRequest) -> Any:
         readers = {
-            "coil": self._client.read_coils,
-            "discrete_input": self._client.read_discrete_inputs,
-            "input_register": self._client.read_input_registers,
-            "holding_register": self._client.read_holding_registers,
+            "coil": client.read_coils,
+            "discrete_input": client.read_discrete_inputs,
+            "input_register": client.read_input_registers,
+            "holding_register": client.read_holding_registers,
         }
         return await readers[request.table](request.address, count=request.count, device_id=request.unit_id)
 
@@ -301,16 +327,16 @@ class ModbusSource(SourceBase):
         self, unit: int, table: Table, address: int, payload: bool | list[int], what: str
     ) -> None:
         async with self._lock:
-            if (self._client is None or not self._client.connected) and not await self._connect_locked():
+            if not self._connected and not await self._connect_locked():
                 raise SourceUnavailable(f"source {self.name}: not connected; {what} not written")
-            assert self._client is not None
+            client = self._clients[0]
             try:
                 if isinstance(payload, bool):
-                    response = await self._client.write_coil(address, payload, device_id=unit)
+                    response = await client.write_coil(address, payload, device_id=unit)
                 elif len(payload) == 1:
-                    response = await self._client.write_register(address, payload[0], device_id=unit)
+                    response = await client.write_register(address, payload[0], device_id=unit)
                 else:
-                    response = await self._client.write_registers(address, payload, device_id=unit)
+                    response = await client.write_registers(address, payload, device_id=unit)
             except ModbusIOException as exc:
                 raise SourceError(f"source {self.name}: {what}: no response ({exc})") from None
             except (ConnectionException, OSError) as exc:
@@ -324,5 +350,5 @@ class ModbusSource(SourceBase):
 
     async def close(self) -> None:
         self._closed = True
-        self._drop_client()
+        self._drop_clients()
         self._available = None

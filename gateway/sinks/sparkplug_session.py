@@ -1,0 +1,162 @@
+"""A Sparkplug B edge node's session as a pure state machine (conventions §3.1): what to publish next,
+with which ``seq``, ``bdSeq`` and aliases. No I/O and no clock: the sink passes times in and publishes
+the messages it gets back, in order.
+
+- NBIRTH: ``seq`` 0, metrics ``bdSeq`` (Int64) and ``Node Control/Rebirth`` (false); then one DBIRTH
+  per known device with every metric it ever reported (name, alias, datatype, latest value).
+- DDATA: only the metrics whose value or quality changed (report by exception), by alias, without
+  datatype. Historical samples (store and forward) are all sent, flagged ``is_historical``: they are
+  the record of what happened, not the current state.
+- Every message after NBIRTH takes ``seq`` prev + 1, wrapping 255 -> 0.
+- A device seen for the first time, a new tag of a known device, or a tag whose value changed type
+  (say Int64 to Double) makes the device's next message a DBIRTH before its DDATA: a host must know a
+  metric's alias and datatype before DATA uses them. The DBIRTH carries the sample that caused it.
+- Aliases are unique across the edge node and stable for the life of the process: 1 and 2 are the node
+  metrics, devices' metrics count from 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.encoders.sparkplug_b import (
+    BDSEQ,
+    REBIRTH,
+    DataType,
+    Metric,
+    MetricValue,
+    datatype_of,
+    decode_payload,
+    encode_payload,
+    quality_properties,
+    topic,
+)
+from gateway.encoders.uns_json import Message
+from gateway.sinks.sparkplug_records import Sample
+
+BDSEQ_ALIAS = 1
+REBIRTH_ALIAS = 2
+_FIRST_DEVICE_ALIAS = 3
+_SEQ_MODULO = 256  # seq and bdSeq both wrap 255 -> 0
+# The datatype of a tag first seen without a value: most tags are numbers; a value of another type
+# later re-births the device with the right one.
+_NULL_DATATYPE = DataType.DOUBLE
+
+
+def next_bdseq(last: int | None) -> int:
+    """The bdSeq of the next CONNECT: 0 for the very first, then +1 wrapping 255 -> 0."""
+    return 0 if last is None else (last + 1) % _SEQ_MODULO
+
+
+@dataclass(slots=True)
+class _MetricState:
+    alias: int
+    datatype: DataType
+    value: MetricValue | None
+    status: int
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class _Device:
+    metrics: dict[str, _MetricState] = field(default_factory=dict)
+    born: bool = False  # a DBIRTH with every current metric went out in this node session
+
+
+def _fits(datatype: DataType, value: MetricValue | None) -> bool:
+    """Whether a value can be published under a metric's datatype (an int widens into a Double)."""
+    if value is None:
+        return True
+    actual = datatype_of(value)
+    return actual == datatype or (datatype == DataType.DOUBLE and actual == DataType.INT64)
+
+
+class EdgeNodeSession:
+    """Message builder for one edge node. ``bdseq`` is set by the owner before each CONNECT."""
+
+    def __init__(self, group_id: str, edge_node_id: str) -> None:
+        self.group_id = group_id
+        self.edge_node_id = edge_node_id
+        self.bdseq = 0
+        self._seq = 0
+        self._devices: dict[str, _Device] = {}
+        self._next_alias = _FIRST_DEVICE_ALIAS
+
+    def topic(self, message_type: str, device_id: str | None = None) -> str:
+        return topic(self.group_id, message_type, self.edge_node_id, device_id)
+
+    def death(self, now_ms: int) -> Message:
+        """The NDEATH: only the ``bdSeq`` metric, no ``seq``. The Will of each CONNECT, and what the node
+        publishes itself before a clean disconnect."""
+        metric = Metric(now_ms, self.bdseq, DataType.INT64, name=BDSEQ)
+        return Message(self.topic("NDEATH"), encode_payload(now_ms, [metric]))
+
+    def births(self, now_ms: int) -> list[Message]:
+        """NBIRTH (``seq`` 0) and a DBIRTH for every known device: after each CONNECT, and on Rebirth."""
+        self._seq = 0
+        node_metrics = [
+            Metric(now_ms, self.bdseq, DataType.INT64, name=BDSEQ, alias=BDSEQ_ALIAS),
+            Metric(now_ms, False, DataType.BOOLEAN, name=REBIRTH, alias=REBIRTH_ALIAS),
+        ]
+        out = [Message(self.topic("NBIRTH"), encode_payload(now_ms, node_metrics, 0))]
+        out += [self._dbirth(device_id, device, now_ms) for device_id, device in self._devices.items()]
+        return out
+
+    def data(self, device_id: str, samples: Sequence[Sample], *, historical: bool, now_ms: int) -> list[Message]:
+        """The messages for one outbox record of ``device_id``: a DBIRTH first if the device needs one,
+        then a DDATA with what changed (nothing at all when nothing did). Requires :meth:`births` to have
+        been published in this MQTT session."""
+        device = self._devices.setdefault(device_id, _Device())
+        changed: list[Metric] = []
+        for sample in samples:
+            value = sample.value
+            state = device.metrics.get(sample.tag)
+            if state is None or not _fits(state.datatype, value):
+                datatype = datatype_of(value) if value is not None else _NULL_DATATYPE
+                if state is None:
+                    state = device.metrics[sample.tag] = _MetricState(self._alloc_alias(), datatype, None, 0, 0)
+                else:
+                    state.datatype = datatype
+                device.born = False  # the DBIRTH carries this sample
+                send = historical
+            else:
+                if state.datatype == DataType.DOUBLE and isinstance(value, int):
+                    value = float(value)
+                send = historical or value != state.value or sample.status != state.status
+            state.value, state.status, state.ts_ms = value, sample.status, sample.ts_ms
+            if send:
+                changed.append(
+                    Metric(sample.ts_ms, value, state.datatype, alias=state.alias, is_historical=historical,
+                           properties=quality_properties(sample.status))
+                )
+        out = []
+        if not device.born:
+            out.append(self._dbirth(device_id, device, now_ms))
+        if changed:
+            payload = encode_payload(now_ms, changed, self._next_seq(), with_datatypes=False)
+            out.append(Message(self.topic("DDATA", device_id), payload))
+        return out
+
+    def is_rebirth_command(self, payload: bytes) -> bool:
+        """Whether an NCMD asks for a Rebirth (by name or by the alias our NBIRTH gave it). ValueError
+        when the payload is not Sparkplug B."""
+        return any(
+            (m.name == REBIRTH or m.alias == REBIRTH_ALIAS) and m.value is True for m in decode_payload(payload).metrics
+        )
+
+    def _dbirth(self, device_id: str, device: _Device, now_ms: int) -> Message:
+        metrics = [
+            Metric(m.ts_ms, m.value, m.datatype, name=tag, alias=m.alias, properties=quality_properties(m.status))
+            for tag, m in device.metrics.items()
+        ]
+        device.born = True
+        return Message(self.topic("DBIRTH", device_id), encode_payload(now_ms, metrics, self._next_seq()))
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % _SEQ_MODULO
+        return self._seq
+
+    def _alloc_alias(self) -> int:
+        alias, self._next_alias = self._next_alias, self._next_alias + 1
+        return alias
