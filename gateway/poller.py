@@ -64,6 +64,7 @@ class Poller(Service):
             raise ValueError(f"source {source.name} added twice")
         job = _Job(source, interval_s)
         self._jobs[source.name] = job
+        source.on_data(job.wake.set)  # data that arrives by itself is handed on at once
         if self._running:
             job.task = asyncio.create_task(self._run(job), name=f"poll:{source.name}")
 

@@ -10,7 +10,7 @@ import asyncio
 import io
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,9 @@ class _SubscribedSource:
     dropped = 17
 
     async def connect(self) -> None:
+        pass
+
+    def on_data(self, callback: Callable[[], None]) -> None:
         pass
 
     async def read(self) -> list[Reading]:

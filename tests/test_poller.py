@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import pytest
@@ -28,6 +28,9 @@ class FakeSource:
         self.connected = True
 
     async def connect(self) -> None:
+        pass
+
+    def on_data(self, callback: Callable[[], None]) -> None:
         pass
 
     async def read(self) -> list[Reading]:

@@ -17,6 +17,7 @@ from asyncua import ua
 from devices.plant import Plant
 from gateway.catalogue import load_catalogue
 from gateway.common.status import BAD_NO_COMMUNICATION, GOOD, UNCERTAIN_LAST_USABLE_VALUE
+from gateway.poller import Poller
 from gateway.readings import Reading
 from gateway.sources import OpcUaSource, OpcUaSourceConfig
 from gateway.sources.opcua import BAD_NODE_ID_UNKNOWN
@@ -158,6 +159,33 @@ async def test_tag_groups_sample_at_their_own_interval(server: OpcUaTestServer) 
     assert {ms for tag, ms in asked.items() if tag not in ("temp", "count")} == {20}  # pump1/* covers the rest
     with pytest.raises(ValueError, match="match"):
         config(tag_groups=[{"sampling_interval_ms": 5}])
+
+
+async def test_notifications_reach_the_pipeline_without_waiting_for_the_poll_tick(
+    server: OpcUaTestServer,  # noqa: F811
+) -> None:
+    """A subscribed source tells the Poller when data arrived: a change is handed on at once even
+    with a poll interval of a minute."""
+    batches: list[list[Reading]] = []
+
+    async def on_batch(readings: list[Reading]) -> None:
+        batches.append(readings)
+
+    source = OpcUaSource(config(interval_ms=60_000, publishing_interval_ms=50, sampling_interval_ms=50),
+                         catalogue_for(server.endpoint))
+    poller = Poller(on_batch)
+    poller.add(source, 60.0)
+    await poller.start()
+    try:
+        await until(lambda: _arrived(batches, "temp", 21.5), "the first image")
+        await server.nodes["temp"].write_value(ua.Variant(33.0, ua.VariantType.Float))
+        await until(lambda: _arrived(batches, "temp", 33.0), "the change, long before the next tick", deadline_s=5.0)
+    finally:
+        await poller.close()
+
+
+async def _arrived(batches: list[list[Reading]], tag: str, value: float) -> bool:
+    return any(r.tag == tag and r.value == pytest.approx(value) for batch in batches for r in batch)
 
 
 async def test_lost_link_transfers_the_subscription_and_recovers_every_change(

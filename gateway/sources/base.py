@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -55,6 +55,12 @@ class Source(Protocol):
     async def connect(self) -> None: ...
 
     async def read(self) -> list[Reading]: ...
+
+    def on_data(self, callback: Callable[[], None]) -> None:
+        """Register what to call when readings arrived by themselves (OPC UA subscriptions), so the
+        Poller reads them at once instead of at its next tick. Sources that only answer reads never
+        call it."""
+        ...
 
     async def write(self, asset: str, tag: str, value: TagValue) -> None: ...
 
@@ -116,6 +122,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _nothing() -> None:
+    return None
+
+
 class SourceBase:
     """Shared lifecycle: idempotent close, ``async with``, availability logged once each way."""
 
@@ -124,6 +134,10 @@ class SourceBase:
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
         self._available: bool | None = None  # None until the first attempt: log the first outcome
         self._closed = False
+        self._data_arrived: Callable[[], None] = _nothing
+
+    def on_data(self, callback: Callable[[], None]) -> None:
+        self._data_arrived = callback
 
     @property
     def connected(self) -> bool:

@@ -178,7 +178,7 @@ class OpcUaSource(SourceBase):
     async def _subscribe(self, client: Client) -> None:
         """A fresh feed for this connection: monitored items for every resolved node, then wait
         (bounded) for their initial values so the first read is a complete image."""
-        feed = SubscriptionFeed(self.name, self._feed_settings())
+        feed = SubscriptionFeed(self.name, self._feed_settings(), lambda: self._data_arrived())
         self._feed = feed
         # Nodes still unresolved are reported bad once per connection, as a refusal would be.
         for i, node in enumerate(self._nodes):

@@ -34,7 +34,7 @@ import math
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -97,9 +97,10 @@ class _Subscription:
 class SubscriptionFeed:
     """Monitored items of one connection, and the notifications received since the last drain."""
 
-    def __init__(self, source_name: str, settings: FeedSettings) -> None:
+    def __init__(self, source_name: str, settings: FeedSettings, on_data: Callable[[], None]) -> None:
         self.source_name = source_name
         self.settings = settings
+        self._on_data = on_data  # tells the Poller there is something to read
         self._queue: deque[Notification] = deque()
         self._subs: dict[int, _Subscription] = {}
         self._waiting: set[int] = set()  # handles whose first notification has not arrived yet
@@ -305,6 +306,8 @@ class SubscriptionFeed:
             sub.next_sequence = batch.sequence_number + 1
         for index, value, status, stamp in batch.items:
             self.put(index, value, status, stamp)
+        if batch.items:
+            self._on_data()
 
     async def _fill_gap(self, client: Client, sub: _Subscription, missing: range, available: list[int]) -> None:
         """Ask the server again for NotificationMessages that never arrived (Part 4 §5.13.6)."""
