@@ -283,8 +283,19 @@ class _HttpConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        if self.writer is not None:
+            try:
+                return await self._get(path)
+            except (OSError, asyncio.IncompleteReadError):
+                # The server closed the idle keep-alive connection (uvicorn: after 5 s): as any HTTP
+                # client does for an idempotent GET, reconnect and send it again once.
+                self.close()
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return await self._get(path)
+
+    async def _get(self, path: str) -> int:
+        assert self.reader is not None
+        assert self.writer is not None
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -298,6 +309,7 @@ class _HttpConnection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.reader = self.writer = None
 
 
 async def _rest_worker(api: str, assets: list[str], rps: float, start_at: float, end_at: float) -> dict[str, Any]:
