@@ -82,11 +82,26 @@ class OutboxForwarding:
 
     name: str
     _outbox: AsyncOutbox | None
+    _task: asyncio.Task[None] | None
+    _wake: asyncio.Event
     _acked: asyncio.Event
     _connected: bool
+    _closed: bool
     _published: int
     _errors: int
     _outage_since: float | None
+
+    def _init_forwarding(self) -> None:
+        """The state every outbox-backed sink starts with (constructors call this; no I/O)."""
+        self._outbox = None
+        self._task = None
+        self._wake = asyncio.Event()  # set when there is something new to forward
+        self._acked = asyncio.Event()  # set whenever records left the outbox
+        self._connected = False
+        self._closed = False
+        self._published = 0
+        self._errors = 0
+        self._outage_since = None
 
     def _went_down(self) -> bool:
         """Mark the link down; True only at the start of an outage, so it is logged once, not per retry."""
@@ -95,6 +110,16 @@ class OutboxForwarding:
             return False
         self._outage_since = time.monotonic()
         return True
+
+    def _broker_lost(self, url: str, why: str) -> None:
+        """An MQTT link dropped: count it and log the outage once. Our own disconnect while closing
+        is neither an error nor an outage."""
+        if self._closed and self._connected:
+            self._connected = False
+            return
+        self._errors += 1
+        if self._went_down():
+            log.warning("%s: broker %s unavailable (%s); buffering in the outbox and retrying", self.name, url, why)
 
     def _came_up(self) -> float | None:
         """Mark the link up; the length of the outage that just ended, if one did."""

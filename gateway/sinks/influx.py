@@ -118,19 +118,11 @@ class InfluxSink(OutboxForwarding):
         self.data_dir = Path(data_dir)
         self.close_timeout_s = close_timeout_s
         self.encoder = LineProtocolEncoder()
-        self._outbox: AsyncOutbox | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._init_forwarding()
         self._http: httpx.AsyncClient | None = None
         self._v2_client: Any = None
         self._v2_write: Any = None
-        self._wake = asyncio.Event()
-        self._acked = asyncio.Event()
         self._flush_now = False
-        self._closed = False
-        self._connected = False
-        self._published = 0
-        self._errors = 0
-        self._outage_since: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -85,14 +85,9 @@ class MqttSink(OutboxForwarding):
         self.status_topic = f"{prefix}/_gateway/{sanitize_level(gateway_id)}/status"
         self.client_id = config.client_id or re.sub(r"[^A-Za-z0-9_-]", "-", f"twinedge-{gateway_id}-mqtt")
 
-        self._outbox: AsyncOutbox | None = None
+        self._init_forwarding()
         self._client: mqtt.Client | None = None
         self._link: MqttLink | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._acked = asyncio.Event()
-        self._connected = False
-        self._closed = False
         # In-flight bookkeeping. Records are acknowledged to the outbox only as a contiguous prefix, so
         # it stays strictly FIFO even if acknowledgements arrive out of order (QoS 2 flows can).
         self._inflight: deque[int] = deque()  # outbox ids handed to paho, oldest first
@@ -101,10 +96,7 @@ class MqttSink(OutboxForwarding):
         self._cursor = 0  # highest outbox id handed to paho
         self._acked_id = 0  # highest id whose whole prefix is acknowledged
         self._flushed_id = 0  # highest id removed from the outbox
-        self._published = 0
-        self._errors = 0
         self._rejected = 0  # PUBACKs with a failure reason code (MQTT 5), dropped on purpose
-        self._outage_since: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -273,11 +265,4 @@ class MqttSink(OutboxForwarding):
         self._wake.set()
 
     def _link_down(self, why: str) -> None:
-        if self._closed and self._connected:
-            self._connected = False
-            return  # our own disconnect
-        self._errors += 1
-        if self._went_down():
-            log.warning(
-                "mqtt: broker %s unavailable (%s); buffering in the outbox and retrying", self.config.url, why
-            )
+        self._broker_lost(self.config.url, why)

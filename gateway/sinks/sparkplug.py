@@ -102,14 +102,9 @@ class SparkplugSink(OutboxForwarding):
         self._ncmd_topic = self.session.topic("NCMD")
         self._state_topic = state_topic(config.primary_host_id) if config.primary_host_id else None
 
-        self._outbox: AsyncOutbox | None = None
+        self._init_forwarding()
         self._client: mqtt.Client | None = None
         self._link: MqttLink | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._acked = asyncio.Event()
-        self._connected = False
-        self._closed = False
         self._last_bdseq: int | None = None  # the newest bdSeq stored
         self._unsent_bdseq: int | None = None  # armed in the Will of an attempt that sent no CONNECT
         self._host_online = self._state_topic is None
@@ -123,9 +118,6 @@ class SparkplugSink(OutboxForwarding):
         self._cursor = 0  # highest outbox id turned into messages
         self._acked_id = 0  # highest outbox id whose messages are all written
         self._flushed_id = 0  # highest outbox id removed from the outbox
-        self._published = 0
-        self._errors = 0
-        self._outage_since: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -366,11 +358,4 @@ class SparkplugSink(OutboxForwarding):
 
     def _link_down(self, why: str) -> None:
         self._born = False
-        if self._closed and self._connected:
-            self._connected = False
-            return  # our own disconnect
-        self._errors += 1
-        if self._went_down():
-            log.warning(
-                "sparkplug: broker %s unavailable (%s); buffering in the outbox and retrying", self.config.url, why
-            )
+        self._broker_lost(self.config.url, why)
