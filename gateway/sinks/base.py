@@ -81,6 +81,7 @@ class OutboxForwarding:
     """
 
     name: str
+    close_timeout_s: float
     _outbox: AsyncOutbox | None
     _task: asyncio.Task[None] | None
     _wake: asyncio.Event
@@ -140,6 +141,23 @@ class OutboxForwarding:
             self._acked.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acked.wait(), remaining)
+
+    async def _stop_forwarding(self, *, drain: bool, only_while_connected: bool = True) -> None:
+        """Let the task forward what it can within ``close_timeout_s`` (if ``drain``), then stop it."""
+        if self._task is None:
+            return
+        if drain:
+            await self._drain(self.close_timeout_s, only_while_connected=only_while_connected)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _ack_upto(self, upto: int) -> int:
+        """Remove records up to ``upto`` from the outbox; how many went."""
+        assert self._outbox is not None
+        removed = await self._outbox.ack(upto)
+        self._acked.set()
+        return removed
 
     def _stats(self, extra_dropped: int = 0) -> SinkStats:
         outbox = self._outbox

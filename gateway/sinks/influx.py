@@ -164,13 +164,9 @@ class InfluxSink(OutboxForwarding):
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._flush_now = True
-            self._wake.set()
-            await self._drain(self.close_timeout_s)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._flush_now = True
+        self._wake.set()
+        await self._stop_forwarding(drain=True, only_while_connected=False)
         if self._http is not None:
             await self._http.aclose()
         if self._v2_client is not None:

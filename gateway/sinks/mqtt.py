@@ -20,7 +20,6 @@ is logged once, as is the recovery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -139,11 +138,7 @@ class MqttSink(OutboxForwarding):
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            await self._drain(self.close_timeout_s, only_while_connected=True)  # nothing drains offline
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._stop_forwarding(drain=True)  # nothing drains offline
         if self._client is not None and self._connected:
             # A clean DISCONNECT suppresses the Will, so say "offline" ourselves. The broker handles this
             # PUBLISH before the DISCONNECT queued behind it on the same connection; if that DISCONNECT
@@ -192,12 +187,10 @@ class MqttSink(OutboxForwarding):
 
     async def _flush_acks(self) -> None:
         """Remove the acknowledged prefix from the outbox: one transaction per burst of PUBACKs."""
-        assert self._outbox is not None
         upto = self._acked_id
         if upto > self._flushed_id:
             self._flushed_id = upto
-            await self._outbox.ack(upto)
-            self._acked.set()
+            await self._ack_upto(upto)
 
     # -- paho callbacks (event loop thread, from MqttLink) ----------------------------------------
 

@@ -28,7 +28,6 @@ host is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -154,12 +153,7 @@ class SparkplugSink(OutboxForwarding):
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            if self._publishing():  # nothing drains while unborn
-                await self._drain(self.close_timeout_s, only_while_connected=True)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._stop_forwarding(drain=self._publishing())  # nothing drains while unborn
         if self._client is not None and self._connected:
             # §3.1: an intentional disconnect publishes the NDEATH first; the DISCONNECT queued behind it
             # suppresses the Will.
@@ -266,12 +260,10 @@ class SparkplugSink(OutboxForwarding):
 
     async def _flush_acks(self) -> None:
         """Remove the written prefix from the outbox: one transaction per burst."""
-        assert self._outbox is not None
         upto = self._acked_id
         if upto > self._flushed_id:
             self._flushed_id = upto
-            self._published += await self._outbox.ack(upto)
-            self._acked.set()
+            self._published += await self._ack_upto(upto)
 
     # -- paho callbacks (event loop thread, from MqttLink) ----------------------------------------
 
