@@ -10,6 +10,9 @@ the node subscribes to its NCMD topic (and the primary host's STATE), then publi
 DBIRTHs. An NCMD ``Node Control/Rebirth = true`` stops DATA and republishes the births with the same
 bdSeq. A clean ``close`` publishes the NDEATH itself before DISCONNECT (which suppresses the Will).
 
+Devices: an asset whose batch carries only communication-loss codes is offline: one DDEATH, no DDATA
+until a reading of another quality brings it back with a DBIRTH (rules in the session module).
+
 Store and forward: ``write`` appends readings to the durable outbox in a neutral form
 (:mod:`gateway.sinks.sparkplug_records`); only a born session turns them into DDATA. Records created
 before the current publishing period began (broker unreachable, primary host offline, gateway stopped)

@@ -8,6 +8,10 @@ the messages it gets back, in order.
   datatype. Historical samples (store and forward) are all sent, flagged ``is_historical``: they are
   the record of what happened, not the current state.
 - Every message after NBIRTH takes ``seq`` prev + 1, wrapping 255 -> 0.
+- A device whose record (one batch) carries a communication-loss code (BadNoCommunication, BadTimeout)
+  on every sample has lost its PLC: one DDEATH (timestamp and ``seq`` only), then nothing for it while
+  further records say the same. Its next record with any other quality brings it back with a DBIRTH.
+  Births skip offline devices. A device first seen without communication is announced when it answers.
 - A device seen for the first time, a new tag of a known device, or a tag whose value changed type
   (say Int64 to Double) makes the device's next message a DBIRTH before its DDATA: a host must know a
   metric's alias and datatype before DATA uses them. The DBIRTH carries the sample that caused it.
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.common.status import BAD_NO_COMMUNICATION, BAD_TIMEOUT
 from gateway.encoders.sparkplug_b import (
     BDSEQ,
     REBIRTH,
@@ -42,6 +47,10 @@ _SEQ_MODULO = 256  # seq and bdSeq both wrap 255 -> 0
 # The datatype of a tag first seen without a value: most tags are numbers; a value of another type
 # later re-births the device with the right one.
 _NULL_DATATYPE = DataType.DOUBLE
+# What sources put on every tag of a PLC they cannot reach (see Source.bad_readings). Compared without the
+# low 16 bits, which are OPC UA info bits rather than part of the code.
+_COMMUNICATION_LOST = frozenset({BAD_NO_COMMUNICATION, BAD_TIMEOUT})
+_CODE_MASK = 0xFFFF0000
 
 
 def next_bdseq(last: int | None) -> int:
@@ -62,6 +71,11 @@ class _MetricState:
 class _Device:
     metrics: dict[str, _MetricState] = field(default_factory=dict)
     born: bool = False  # a DBIRTH with every current metric went out in this node session
+    online: bool = False  # announced by a DBIRTH and not dead since; a new device is not, until it answers
+
+
+def _communication_lost(samples: Sequence[Sample]) -> bool:
+    return bool(samples) and all(s.status & _CODE_MASK in _COMMUNICATION_LOST for s in samples)
 
 
 def _fits(datatype: DataType, value: MetricValue | None) -> bool:
@@ -93,21 +107,46 @@ class EdgeNodeSession:
         return Message(self.topic("NDEATH"), encode_payload(now_ms, [metric]))
 
     def births(self, now_ms: int) -> list[Message]:
-        """NBIRTH (``seq`` 0) and a DBIRTH for every known device: after each CONNECT, and on Rebirth."""
+        """NBIRTH (``seq`` 0) and a DBIRTH for every online device: after each CONNECT, and on Rebirth.
+
+        Offline devices get neither a DBIRTH nor a DDEATH right after one. A DBIRTH announces the device
+        online with its current values, which an unreachable PLC does not have; a DBIRTH + DDEATH pair
+        would show hosts its last values as fresh for a moment (and historians would record them). The
+        NBIRTH opens a new birth sequence whose devices are the ones DBIRTHed in it, so leaving an offline
+        device out keeps it offline for the host; after a reconnect the NDEATH already marked it so."""
         self._seq = 0
         node_metrics = [
             Metric(now_ms, self.bdseq, DataType.INT64, name=BDSEQ, alias=BDSEQ_ALIAS),
             Metric(now_ms, False, DataType.BOOLEAN, name=REBIRTH, alias=REBIRTH_ALIAS),
         ]
         out = [Message(self.topic("NBIRTH"), encode_payload(now_ms, node_metrics, 0))]
-        out += [self._dbirth(device_id, device, now_ms) for device_id, device in self._devices.items()]
+        out += [self._dbirth(dev_id, dev, now_ms) for dev_id, dev in self._devices.items() if dev.online]
         return out
 
     def data(self, device_id: str, samples: Sequence[Sample], *, historical: bool, now_ms: int) -> list[Message]:
-        """The messages for one outbox record of ``device_id``: a DBIRTH first if the device needs one,
-        then a DDATA with what changed (nothing at all when nothing did). Requires :meth:`births` to have
-        been published in this MQTT session."""
+        """The messages for one outbox record of ``device_id``: a DDEATH if the record says its PLC is
+        lost (nothing more while it stays lost); otherwise a DBIRTH first if the device needs one, then a
+        DDATA with what changed (nothing at all when nothing did). Requires :meth:`births` to have been
+        published in this MQTT session."""
         device = self._devices.setdefault(device_id, _Device())
+        # The samples are taken in even when nothing is published: a later DBIRTH carries the latest of each.
+        changed = self._take_in(device, samples, historical)
+        if _communication_lost(samples):
+            return self._ddeath(device_id, device, now_ms)
+        out = []
+        if not (device.online and device.born):
+            device.online = True
+            out.append(self._dbirth(device_id, device, now_ms))
+            if not historical:
+                return out  # the DBIRTH carries this record's values; DDATA would repeat them
+        if changed:
+            payload = encode_payload(now_ms, changed, self._next_seq(), with_datatypes=False)
+            out.append(Message(self.topic("DDATA", device_id), payload))
+        return out
+
+    def _take_in(self, device: _Device, samples: Sequence[Sample], historical: bool) -> list[Metric]:
+        """Update the device's metrics from a record; the DDATA metrics for it (report by exception, all of
+        them when historical). A new tag, or a value of another type, unbirths the device."""
         changed: list[Metric] = []
         for sample in samples:
             value = sample.value
@@ -119,7 +158,7 @@ class EdgeNodeSession:
                 else:
                     state.datatype = datatype
                 device.born = False  # the DBIRTH carries this sample
-                send = historical
+                send = True
             else:
                 if state.datatype == DataType.DOUBLE and isinstance(value, int):
                     value = float(value)
@@ -130,13 +169,15 @@ class EdgeNodeSession:
                     Metric(sample.ts_ms, value, state.datatype, alias=state.alias, is_historical=historical,
                            properties=quality_properties(sample.status))
                 )
-        out = []
-        if not device.born:
-            out.append(self._dbirth(device_id, device, now_ms))
-        if changed:
-            payload = encode_payload(now_ms, changed, self._next_seq(), with_datatypes=False)
-            out.append(Message(self.topic("DDATA", device_id), payload))
-        return out
+        return changed
+
+    def _ddeath(self, device_id: str, device: _Device, now_ms: int) -> list[Message]:
+        """The DDEATH of a device whose PLC is lost: once, and only for a device hosts know as online.
+        Timestamp (publication time, also in a history replay: the spec's meaning) and ``seq`` only."""
+        if not device.online:
+            return []  # already dead, or never announced: the bad samples would only repeat
+        device.online = False
+        return [Message(self.topic("DDEATH", device_id), encode_payload(now_ms, [], self._next_seq()))]
 
     def is_rebirth_command(self, payload: bytes) -> bool:
         """Whether an NCMD asks for a Rebirth (by name or by the alias our NBIRTH gave it). ValueError
