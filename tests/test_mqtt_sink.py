@@ -337,6 +337,27 @@ async def test_every_qos_and_protocol_delivers_in_order(
         sub.close()
 
 
+@pytest.mark.parametrize(("protocol", "window"), [("5", 5), ("3.1.1", 100)])
+async def test_inflight_window_honours_the_brokers_receive_maximum(protocol: str, window: int, tmp_path: Path) -> None:
+    """MQTT 5: never more unacknowledged PUBLISHes than the broker's Receive Maximum (Mosquitto sends
+    max_inflight_messages); 3.1.1 has no such property, so the configured window applies."""
+    with run_mosquitto(tmp_path / "broker", extra=["max_inflight_messages 5"]) as broker:
+        sub = await asyncio.to_thread(Subscriber, broker, SEQ_TOPIC)
+        sink = make_sink(broker.url, tmp_path, layout="tag", protocol=protocol, max_inflight=100)
+        try:
+            await wait_for(sub.subscribed.is_set, 5, "subscription")
+            await sink.start()
+            await sink.write([reading(i) for i in range(300)])
+            await wait_for(lambda: len(seq_values(sub)) == 300, 10, "all records")
+            assert seq_values(sub) == [float(i) for i in range(300)]
+            assert sink.stats().errors == 0  # no disconnect for exceeding the broker's window
+            assert sink._client is not None
+            assert sink._client._max_inflight_messages == window
+        finally:
+            await sink.close()
+            sub.close()
+
+
 async def test_paho_runs_on_the_event_loop_and_close_leaves_nothing_behind(
     mosquitto_server: MosquittoServer, tmp_path: Path
 ) -> None:

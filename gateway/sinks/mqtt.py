@@ -58,6 +58,9 @@ class MqttSinkConfig(MqttConnectionConfig):
     layout: Literal["asset", "tag"] = "asset"
     retain: bool = True  # §3.4: latest-value topics are retained
     batch_max: int = Field(default=500, ge=1)
+    # QoS 1/2 PUBLISHes awaiting their acknowledgement on the wire (paho's window; the rest of
+    # batch_max waits in paho's queue). With MQTT 5 the broker's Receive Maximum caps it (Mosquitto: 20).
+    max_inflight: int = Field(default=20, ge=1, le=65535)
     outbox_max_rows: int = Field(default=100_000, ge=1)
 
 
@@ -207,6 +210,13 @@ class MqttSink(OutboxForwarding):
             return
         assert self._link is not None
         self._link.reset_backoff()
+        # MQTT 5 §3.2.2.3.3: never more unacknowledged QoS > 0 PUBLISHes than the broker's Receive Maximum,
+        # which only the CONNACK tells. paho's setter refuses an open connection (its doubt is a switch
+        # between 0 = unlimited and a limit; both values here are >= 1), so its attribute is set directly
+        # (paho pinned ~=2.2.0); paho sends no more until the in-flight count falls below it.
+        receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        window = self.config.max_inflight if receive_maximum is None else min(self.config.max_inflight, receive_maximum)
+        client._max_inflight_messages = window
         client.publish(self.status_topic, json.dumps({"online": True}), qos=1, retain=True)
         outage_s = self._came_up()
         if outage_s is not None:
