@@ -11,6 +11,8 @@ import pytest
 from gateway.common.configfile import ConfigError
 from gateway.common.status import (
     BAD_NO_COMMUNICATION,
+    BAD_SENSOR_FAILURE,
+    BAD_TIMEOUT,
     GOOD,
     UNCERTAIN_ENGINEERING_UNITS_EXCEEDED,
     UNCERTAIN_NO_COMMUNICATION_LAST_USABLE_VALUE,
@@ -154,10 +156,22 @@ def test_ddata_reports_changes_only_and_history_always() -> None:
     session.births(0)
     session.data("d", [Sample("t", 1.0, GOOD, 1)], historical=False, now_ms=1)
     assert session.data("d", [Sample("t", 1.0, GOOD, 2)], historical=False, now_ms=2) == []
-    (bad,) = session.data("d", [Sample("t", 1.0, BAD_NO_COMMUNICATION, 3)], historical=False, now_ms=3)
-    assert decode_payload(bad.payload).metrics[0].properties == quality_properties(BAD_NO_COMMUNICATION)
-    (old,) = session.data("d", [Sample("t", 1.0, BAD_NO_COMMUNICATION, 4)], historical=True, now_ms=4)
+    (bad,) = session.data("d", [Sample("t", 1.0, BAD_SENSOR_FAILURE, 3)], historical=False, now_ms=3)
+    assert decode_payload(bad.payload).metrics[0].properties == quality_properties(BAD_SENSOR_FAILURE)
+    (old,) = session.data("d", [Sample("t", 1.0, BAD_SENSOR_FAILURE, 4)], historical=True, now_ms=4)
     assert decode_payload(old.payload).metrics[0].is_historical
+
+
+def test_device_first_seen_without_communication_is_announced_when_it_answers() -> None:
+    """Nothing for a device hosts never saw online; its first answer is a DBIRTH carrying every tag,
+    the ones still without communication included. Info bits (low 16) do not hide a communication loss."""
+    session = EdgeNodeSession("G", "E")
+    session.births(0)
+    lost = [Sample("t", None, BAD_NO_COMMUNICATION, 1), Sample("u", None, BAD_TIMEOUT | 0x0400, 1)]
+    assert session.data("d", lost, historical=False, now_ms=1) == []
+    assert [m.topic for m in session.births(2)] == ["spBv1.0/G/NBIRTH/E"]
+    (birth,) = session.data("d", [Sample("t", 5, GOOD, 3)], historical=False, now_ms=3)
+    assert [(m.name, m.value) for m in decode_payload(birth.payload).metrics] == [("t", 5), ("u", None)]
 
 
 def test_rebirth_command_by_name_or_alias() -> None:

@@ -21,9 +21,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.common.status import BAD_NO_COMMUNICATION, GOOD
+from gateway.common.status import BAD_NO_COMMUNICATION, BAD_SENSOR_FAILURE, BAD_TIMEOUT, GOOD
 from gateway.config import GatewayConfig
-from gateway.encoders.sparkplug_b import DataType, Metric, Payload, Property, decode_payload, encode_payload
+from gateway.encoders.sparkplug_b import (
+    REBIRTH,
+    DataType,
+    Metric,
+    Payload,
+    Property,
+    decode_payload,
+    encode_payload,
+)
 from gateway.readings import Reading, TagValue
 from gateway.runtime import build_gateway
 from gateway.sinks.sparkplug import SparkplugSink, SparkplugSinkConfig
@@ -101,7 +109,12 @@ def make_sink(url: str, tmp_path: Path, **cfg: Any) -> SparkplugSink:
 
 def node_seqs(rec: Recorder) -> list[int | None]:
     """``seq`` of every message the node published, in arrival order (NDEATH has none)."""
-    return [m.payload.seq for m in rec.all() if m.kind in ("NBIRTH", "DBIRTH", "DDATA") and m.payload]
+    return [m.payload.seq for m in rec.all() if m.kind in ("NBIRTH", "DBIRTH", "DDATA", "DDEATH") and m.payload]
+
+
+def stream(rec: Recorder) -> list[tuple[str, str | None]]:
+    """(kind, device) of every message the node published live, in arrival order (no NDEATH)."""
+    return [(m.kind, m.device) for m in rec.all() if m.kind in ("NBIRTH", "DBIRTH", "DDATA", "DDEATH")]
 
 
 def by_name(payload: Payload) -> dict[str | None, Metric]:
@@ -133,7 +146,7 @@ async def test_nbirth_seq_0_and_bdseq_matches_will(mosquitto_server: MosquittoSe
         await wait_for(lambda: len(rec.of("NBIRTH")) == 1, 5, "NBIRTH")
         await sink.write([
             reading(1, "speed", value=3.5), reading(1, "running", value=True), reading(1, "count", value=7),
-            reading(1, "mode", value="auto"), reading(2, "speed", asset="Pump/2#", quality=BAD_NO_COMMUNICATION),
+            reading(1, "mode", value="auto"), reading(2, "speed", asset="Pump/2#", quality=BAD_SENSOR_FAILURE),
         ])
         await wait_for(lambda: len(rec.of("DBIRTH")) == 2, 5, "two DBIRTHs")
     finally:
@@ -166,7 +179,7 @@ async def test_nbirth_seq_0_and_bdseq_matches_will(mosquitto_server: MosquittoSe
     (bad,) = pump.payload.metrics
     assert (bad.name, bad.value, bad.datatype) == ("speed", None, DataType.DOUBLE)  # is_null
     assert bad.properties == (Property("Quality", DataType.INT32, 0),
-                              Property("StatusCode", DataType.UINT32, BAD_NO_COMMUNICATION))
+                              Property("StatusCode", DataType.UINT32, BAD_SENSOR_FAILURE))
 
     aliases = [m.alias for r in (nbirth, conveyor, pump) if r.payload for m in r.payload.metrics]
     assert None not in aliases
@@ -274,7 +287,7 @@ async def test_ddata_reports_only_changed_metrics_with_quality(
         await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
         await sink.write([reading(1, value=1.0)])
         await sink.write([reading(2, value=1.0)])  # unchanged: nothing
-        await sink.write([reading(3, quality=BAD_NO_COMMUNICATION)])
+        await sink.write([reading(3, quality=BAD_SENSOR_FAILURE)])
         await sink.write([reading(4, value=2.0)])
         await wait_for(lambda: len(rec.of("DDATA")) == 2, 5, "two DDATA")
         await wait_for(lambda: sink.stats().outbox_depth == 0, 5, "outbox drained")
@@ -284,7 +297,7 @@ async def test_ddata_reports_only_changed_metrics_with_quality(
     bad, good = (p.metrics[0] for p in rec.of("DDATA"))
     assert (bad.value, bad.timestamp) == (None, BASE_MS + 3)
     assert bad.properties == (Property("Quality", DataType.INT32, 0),
-                              Property("StatusCode", DataType.UINT32, BAD_NO_COMMUNICATION))
+                              Property("StatusCode", DataType.UINT32, BAD_SENSOR_FAILURE))
     assert (good.value, good.properties) == (2.0, ())  # back to Good: no Quality property
     assert node_seqs(rec) == [0, 1, 2, 3]
 
@@ -319,6 +332,162 @@ async def test_rebirth_ncmd_republishes_births_same_bdseq(
     assert kinds == ["NBIRTH", "DBIRTH", "DBIRTH", "DDATA", "NBIRTH", "DBIRTH", "DBIRTH", "DDATA"]
     assert node_seqs(rec) == [0, 1, 2, 3, 0, 1, 2, 3]
     assert values(rec.of("DBIRTH", "a")) == [1.0, 2.0]
+
+
+def lost(i: int, asset: str, quality: int = BAD_NO_COMMUNICATION) -> list[Reading]:
+    """The batch a source yields for an unreachable PLC: every tag of the asset, no value, one code."""
+    return [reading(i, tag, asset=asset, quality=quality) for tag in ("speed", "load")]
+
+
+def good(i: int, asset: str) -> list[Reading]:
+    return [reading(i, tag, asset=asset) for tag in ("speed", "load")]
+
+
+async def test_ddeath_when_device_loses_communication(mosquitto_server: MosquittoServer, tmp_path: Path) -> None:
+    """Every tag of an asset BadNoCommunication / BadTimeout in a batch: one DDEATH for it (QoS 0, not
+    retained, seq prev + 1, payload timestamp and seq only); no DDATA for it while it stays lost."""
+    rec = await start_recorder(mosquitto_server)
+    sink = make_sink(mosquitto_server.url, tmp_path)
+    try:
+        await sink.start()
+        await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
+        await sink.write(good(1, "a") + good(1, "b"))
+        await sink.write(good(2, "a"))
+        await sink.write(lost(3, "a"))
+        await sink.write(lost(4, "a", BAD_TIMEOUT))  # still lost, with another code: nothing
+        await sink.write(lost(5, "a"))
+        await sink.write(good(6, "b"))  # published after everything above: the end marker
+        await wait_for(lambda: len(rec.of("DDATA", "b")) == 1, 5, "DDATA of b")
+        await wait_for(lambda: sink.stats().outbox_depth == 0, 5, "outbox drained")
+    finally:
+        await sink.close()
+        rec.close()
+    assert stream(rec) == [("NBIRTH", None), ("DBIRTH", "a"), ("DBIRTH", "b"), ("DDATA", "a"), ("DDEATH", "a"),
+                           ("DDATA", "b")]
+    assert node_seqs(rec) == list(range(6))
+    death = next(m for m in rec.all() if m.kind == "DDEATH")
+    assert (death.topic, death.qos, death.retain) == (f"spBv1.0/{GROUP}/DDEATH/{NODE}/a", 0, False)
+    assert death.payload is not None
+    assert death.payload.metrics == ()
+    assert death.payload.timestamp is not None
+    assert abs(death.payload.timestamp - time.time() * 1000) < 60_000  # the time it was sent
+
+
+async def test_dbirth_again_when_device_returns_before_its_ddata(
+    mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    """The first reading of another quality after a DDEATH brings the device back with a DBIRTH: every
+    metric, same names and aliases, the values of that reading (so no DDATA repeats them); DDATA follows."""
+    rec = await start_recorder(mosquitto_server)
+    sink = make_sink(mosquitto_server.url, tmp_path)
+    try:
+        await sink.start()
+        await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
+        await sink.write(good(1, "a"))
+        await sink.write(lost(2, "a"))
+        await sink.write([reading(3, "speed", asset="a", value=7.0), reading(3, "load", asset="a",
+                                                                             quality=BAD_SENSOR_FAILURE)])
+        await sink.write(good(4, "a"))
+        await wait_for(lambda: len(rec.of("DDATA", "a")) == 1, 5, "DDATA after the return")
+    finally:
+        await sink.close()
+        rec.close()
+    assert stream(rec) == [("NBIRTH", None), ("DBIRTH", "a"), ("DDEATH", "a"), ("DBIRTH", "a"), ("DDATA", "a")]
+    assert node_seqs(rec) == list(range(5))
+    first, again = (by_name(p) for p in rec.of("DBIRTH", "a"))
+    assert {n: m.alias for n, m in first.items()} == {n: m.alias for n, m in again.items()}
+    assert (again["speed"].value, again["speed"].timestamp, again["speed"].properties) == (7.0, BASE_MS + 3, ())
+    assert (again["load"].value, again["load"].properties[1].value) == (None, BAD_SENSOR_FAILURE)
+    assert values(rec.of("DDATA", "a")) == [4.0, 4.0]
+
+
+async def test_other_devices_unaffected(mosquitto_server: MosquittoServer, tmp_path: Path) -> None:
+    """One asset's lost PLC touches no other asset, and an asset with some tags lost but not all stays
+    online: its Bad tags go out in DDATA with their quality."""
+    rec = await start_recorder(mosquitto_server)
+    sink = make_sink(mosquitto_server.url, tmp_path)
+    try:
+        await sink.start()
+        await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
+        await sink.write(good(1, "a") + good(1, "b"))
+        await sink.write(lost(2, "a") + good(2, "b"))
+        partly_lost = [reading(3, "speed", asset="b"), reading(3, "load", asset="b", quality=BAD_NO_COMMUNICATION)]
+        await sink.write([*lost(3, "a"), *partly_lost])
+        await sink.write(lost(4, "a") + good(4, "b"))
+        await wait_for(lambda: len(rec.of("DDATA", "b")) == 3, 5, "DDATA of b")
+    finally:
+        await sink.close()
+        rec.close()
+    assert stream(rec) == [("NBIRTH", None), ("DBIRTH", "a"), ("DBIRTH", "b"), ("DDEATH", "a"), ("DDATA", "b"),
+                           ("DDATA", "b"), ("DDATA", "b")]
+    assert node_seqs(rec) == list(range(7))
+    partial = rec.of("DDATA", "b")[1].metrics
+    assert [(m.value, [p.value for p in m.properties]) for m in partial] == [
+        (3.0, []), (None, [0, BAD_NO_COMMUNICATION])
+    ]
+
+
+async def test_rebirth_skips_offline_device(mosquitto_server: MosquittoServer, tmp_path: Path) -> None:
+    """NCMD Rebirth while a device is offline: NBIRTH and the DBIRTHs of the online devices only (a DBIRTH
+    would announce the dead device with stale values as current); it is born again when it answers."""
+    rec = await start_recorder(mosquitto_server)
+    sink = make_sink(mosquitto_server.url, tmp_path)
+    try:
+        await sink.start()
+        await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
+        await sink.write(good(1, "a") + good(1, "b"))
+        await sink.write(lost(2, "a"))
+        await wait_for(lambda: bool(rec.of("DDEATH")), 5, "DDEATH")
+        command = encode_payload(int(time.time() * 1000), [Metric(None, True, DataType.BOOLEAN, name=REBIRTH)])
+        await asyncio.to_thread(rec.publish, f"spBv1.0/{GROUP}/NCMD/{NODE}", command)
+        await wait_for(lambda: len(rec.of("NBIRTH")) == 2, 5, "NBIRTH again")
+        await sink.write(lost(3, "a"))  # still lost: nothing
+        await sink.write(good(4, "a"))
+        await wait_for(lambda: len(rec.of("DBIRTH", "a")) == 2, 5, "a born again")
+    finally:
+        await sink.close()
+        rec.close()
+    assert stream(rec) == [("NBIRTH", None), ("DBIRTH", "a"), ("DBIRTH", "b"), ("DDEATH", "a"),
+                           ("NBIRTH", None), ("DBIRTH", "b"), ("DBIRTH", "a")]
+    assert node_seqs(rec) == [0, 1, 2, 3, 0, 1, 2]
+    assert values(rec.of("DBIRTH", "a")) == [1.0, 1.0, 4.0, 4.0]
+
+
+async def test_buffered_offline_and_return_replay_in_order(mosquitto_server: MosquittoServer, tmp_path: Path) -> None:
+    """Store and forward: a PLC lost and back while the primary host was offline replays, after the births,
+    as DDEATH, then DBIRTH with the returning values and the history as is_historical DDATA, in order."""
+    host_topic = "spBv1.0/STATE/scada"
+
+    def state(online: bool, ts: int) -> None:
+        rec.publish(host_topic, json.dumps({"online": online, "timestamp": ts}).encode(), qos=1, retain=True)
+
+    rec = await start_recorder(mosquitto_server)
+    await asyncio.to_thread(state, True, 1000)
+    sink = make_sink(mosquitto_server.url, tmp_path, primary_host_id="scada")
+    try:
+        await sink.start()
+        await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
+        await sink.write(good(1, "a"))
+        await wait_for(lambda: bool(rec.of("DBIRTH")), 5, "DBIRTH")
+        await asyncio.to_thread(state, False, 2000)
+        await wait_for(lambda: not sink._publishing(), 5, "host offline seen")
+        await sink.write(lost(2, "a"))
+        await sink.write(lost(3, "a"))
+        await sink.write(good(4, "a"))
+        await sink.write(good(5, "a"))
+        await asyncio.to_thread(state, True, 3000)
+        await wait_for(lambda: len(rec.of("DDATA", "a")) == 2, 5, "the history")
+    finally:
+        await sink.close()
+        rec.close()
+    assert stream(rec) == [("NBIRTH", None), ("DBIRTH", "a"), ("NBIRTH", None), ("DBIRTH", "a"), ("DDEATH", "a"),
+                           ("DBIRTH", "a"), ("DDATA", "a"), ("DDATA", "a")]
+    assert node_seqs(rec) == [0, 1, 0, 1, 2, 3, 4, 5]
+    assert [values(rec.of("DBIRTH", "a")[i:i + 1]) for i in range(3)] == [[1.0, 1.0], [1.0, 1.0], [4.0, 4.0]]
+    history = [m for p in rec.of("DDATA", "a") for m in p.metrics]
+    assert [(m.value, m.timestamp, m.is_historical) for m in history] == [
+        (4.0, BASE_MS + 4, True), (4.0, BASE_MS + 4, True), (5.0, BASE_MS + 5, True), (5.0, BASE_MS + 5, True)
+    ]
 
 
 async def test_bdseq_increments_per_connect_and_survives_restart(

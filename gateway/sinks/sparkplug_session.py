@@ -3,7 +3,7 @@ with which ``seq``, ``bdSeq`` and aliases. No I/O and no clock: the sink passes 
 the messages it gets back, in order.
 
 - NBIRTH: ``seq`` 0, metrics ``bdSeq`` (Int64) and ``Node Control/Rebirth`` (false); then one DBIRTH
-  per known device with every metric it ever reported (name, alias, datatype, latest value).
+  per online device with every metric it ever reported (name, alias, datatype, latest value).
 - DDATA: only the metrics whose value or quality changed (report by exception), by alias, without
   datatype. Historical samples (store and forward) are all sent, flagged ``is_historical``: they are
   the record of what happened, not the current state.
