@@ -131,6 +131,11 @@ def kill_socket(sink: SparkplugSink) -> None:
     client.socket().shutdown(socket.SHUT_RDWR)
 
 
+def host_state(rec: Recorder, online: bool, ts: int) -> None:
+    """The primary host "scada" says it is online or offline (retained, as a host does)."""
+    rec.publish("spBv1.0/STATE/scada", json.dumps({"online": online, "timestamp": ts}).encode(), qos=1, retain=True)
+
+
 async def start_recorder(server: MosquittoServer) -> Recorder:
     return await asyncio.to_thread(Recorder, server)
 
@@ -456,26 +461,21 @@ async def test_rebirth_skips_offline_device(mosquitto_server: MosquittoServer, t
 async def test_buffered_offline_and_return_replay_in_order(mosquitto_server: MosquittoServer, tmp_path: Path) -> None:
     """Store and forward: a PLC lost and back while the primary host was offline replays, after the births,
     as DDEATH, then DBIRTH with the returning values and the history as is_historical DDATA, in order."""
-    host_topic = "spBv1.0/STATE/scada"
-
-    def state(online: bool, ts: int) -> None:
-        rec.publish(host_topic, json.dumps({"online": online, "timestamp": ts}).encode(), qos=1, retain=True)
-
     rec = await start_recorder(mosquitto_server)
-    await asyncio.to_thread(state, True, 1000)
+    await asyncio.to_thread(host_state, rec, True, 1000)
     sink = make_sink(mosquitto_server.url, tmp_path, primary_host_id="scada")
     try:
         await sink.start()
         await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
         await sink.write(good(1, "a"))
         await wait_for(lambda: bool(rec.of("DBIRTH")), 5, "DBIRTH")
-        await asyncio.to_thread(state, False, 2000)
+        await asyncio.to_thread(host_state, rec, False, 2000)
         await wait_for(lambda: not sink._publishing(), 5, "host offline seen")
         await sink.write(lost(2, "a"))
         await sink.write(lost(3, "a"))
         await sink.write(good(4, "a"))
         await sink.write(good(5, "a"))
-        await asyncio.to_thread(state, True, 3000)
+        await asyncio.to_thread(host_state, rec, True, 3000)
         await wait_for(lambda: len(rec.of("DDATA", "a")) == 2, 5, "the history")
     finally:
         await sink.close()
@@ -581,32 +581,27 @@ async def test_primary_host_offline_buffers(
     withheld and buffered; back online, the node re-births (same bdSeq) and sends the buffer as history.
     A STATE older than the last one seen is ignored."""
     caplog.set_level(logging.DEBUG, logger="gateway.sinks.sparkplug")
-    host_topic = "spBv1.0/STATE/scada"
-
-    def state(online: bool, ts: int) -> None:
-        rec.publish(host_topic, json.dumps({"online": online, "timestamp": ts}).encode(), qos=1, retain=True)
-
     rec = await start_recorder(mosquitto_server)
-    await asyncio.to_thread(state, False, 1000)
+    await asyncio.to_thread(host_state, rec, False, 1000)
     sink = make_sink(mosquitto_server.url, tmp_path, primary_host_id="scada")
     try:
         await sink.start()
         for i in range(3):
             await sink.write([reading(i)])
         await wait_for(lambda: sink.stats().connected, 5, "sink connected")
-        await asyncio.to_thread(state, True, 2000)
+        await asyncio.to_thread(host_state, rec, True, 2000)
         await wait_for(lambda: len(rec.of("DDATA")) == 3, 5, "history after the host came online")
         await sink.write([reading(3)])
         await wait_for(lambda: len(rec.of("DDATA")) == 4, 5, "live DDATA")
 
-        await asyncio.to_thread(state, False, 3000)
+        await asyncio.to_thread(host_state, rec, False, 3000)
         await wait_for(lambda: "primary host scada offline" in caplog.text, 5, "host offline seen")
         await sink.write([reading(4)])
         await sink.write([reading(5)])
-        await asyncio.to_thread(state, True, 2500)  # stale: must not end the wait
+        await asyncio.to_thread(host_state, rec, True, 2500)  # stale: must not end the wait
         await wait_for(lambda: "older than the last seen (2500 < 3000)" in caplog.text, 5, "stale STATE ignored")
         assert sink.stats().outbox_depth == 2
-        await asyncio.to_thread(state, True, 4000)
+        await asyncio.to_thread(host_state, rec, True, 4000)
         await wait_for(lambda: len(rec.of("DDATA")) == 6, 5, "buffered DDATA")
     finally:
         await sink.close()
