@@ -430,6 +430,9 @@ class SubscriptionFeed:
             sub.last_publish = now
             held = sorted(int(n) for n in result.AvailableSequenceNumbers or [])
             lost = [n for n in held if n >= sub.next_sequence]  # sent on the old link, never received
+            # Received before the link broke, but their acknowledgements went down with it.
+            self._acks += [ua.SubscriptionAcknowledgement(SubscriptionId=sid, SequenceNumber=n)
+                           for n in held if n < sub.next_sequence]
             await self._recover(client, sub, lost, set(held))
             if lost:
                 sub.next_sequence = lost[-1] + 1
