@@ -215,3 +215,36 @@ async def test_retry_after_is_honoured_then_poison_is_dead_lettered(
         assert len(fake_influx.requests) == 4  # no retry of the poison batch
     finally:
         await sink.close()
+
+
+async def test_batches_hold_at_most_batch_size_lines_in_order(fake_influx: FakeInflux, tmp_path: Path) -> None:
+    """One pipeline batch larger than batch_size goes out in several writes, each within the size,
+    every line once and in order; published counts lines."""
+    sink = make_sink(tmp_path, api="v1", url=f"http://127.0.0.1:{fake_influx.port}", batch_size=50)
+    await sink.start()
+    try:
+        await sink.write([reading(i) for i in range(120)])
+        await sink.write([reading(i) for i in range(120, 130)])
+        await wait_for(lambda: sink.stats().published == 130, 10, "130 lines written")
+    finally:
+        await sink.close()
+    bodies = [body.decode().split("\n") for _, _, body in fake_influx.requests]
+    assert all(len(lines) <= 50 for lines in bodies)
+    stamps = [int(line.rsplit(" ", 1)[1]) for lines in bodies for line in lines]
+    assert stamps == [BASE_NS + i * 1_000_000 for i in range(130)]
+
+
+async def test_outbox_bound_counts_lines(tmp_path: Path) -> None:
+    """outbox_max_rows bounds lines, not writes: with the database unreachable the outbox keeps at
+    most that many lines, drops the oldest whole chunks, and counts every line dropped."""
+    sink = make_sink(tmp_path, api="v1", url="http://127.0.0.1:9", batch_size=50, outbox_max_rows=100)
+    await sink.start()
+    try:
+        for start in range(0, 180, 60):
+            await sink.write([reading(i) for i in range(start, start + 60)])
+        stats = sink.stats()
+        assert stats.outbox_depth <= 100
+        assert stats.outbox_depth + stats.dropped == 180
+        assert stats.dropped >= 80
+    finally:
+        await sink.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -193,34 +194,97 @@ async def test_async_outbox(tmp_path: Path) -> None:
         await ob.close()
 
 
-def _from_file(outbox: Outbox, n: int, after_id: int) -> list[tuple[int, str, bytes]]:
+def test_items_weigh_the_bound_and_the_counters(make):  # type: ignore[no-untyped-def]
+    """Records carrying several items (the Influx sink's chunks of lines): depth, the bound, drops,
+    acks and discards all count items, and overflow drops whole records, oldest first."""
+    ob = make(10)
+    ob.append(recs("a", "b"), [4, 3])
+    assert ob.depth() == 7
+    assert ob.append(recs("c"), [5]) == 4  # 12 > 10: "a" (4 items) goes
+    assert payloads(ob) == ["b", "c"]
+    assert (ob.depth(), ob.dropped_total) == (8, 4)
+    assert ob.ack(ob.peek(3)[-1].id) == 3  # peek(3 items) is "b" alone
+    ob.append(recs("d", "e"), [1, 1])
+    assert ob.discard(ob.peek(100)[-1].id) == 7
+    assert (ob.depth(), ob.discarded_total) == (0, 7)
+
+
+def test_peek_limits_items_but_returns_one_oversized_record(make):  # type: ignore[no-untyped-def]
+    ob = make(100)
+    ob.append(recs("big", "x", "y"), [50, 2, 2])
+    assert [r.payload for r in ob.peek(10)] == [b"big"]  # alone it exceeds 10: still sent alone
+    first = ob.peek(10)[0].id
+    assert [(r.payload, r.items) for r in ob.peek(4, after_id=first)] == [(b"x", 2), (b"y", 2)]
+    assert [r.payload for r in ob.peek(3, after_id=first)] == [b"x"]
+
+
+def test_bad_item_counts_are_refused(make):  # type: ignore[no-untyped-def]
+    ob = make(10)
+    with pytest.raises(ValueError, match="items"):
+        ob.append(recs("a", "b"), [1])
+    with pytest.raises(ValueError, match="items"):
+        ob.append(recs("a"), [0])
+    assert ob.depth() == 0
+
+
+def test_file_from_before_items_opens_with_one_item_per_record(tmp_path: Path) -> None:
+    path = tmp_path / "ob.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,"
+        " key TEXT NOT NULL, payload BLOB NOT NULL);"
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO records(created, key, payload) VALUES (1.0, 't', x'61'), (2.0, 't', x'62');"
+    )
+    old.commit()
+    old.close()
+    ob = Outbox(path, 10)
+    try:
+        assert ob.depth() == 2
+        assert [(r.payload, r.items) for r in ob.peek(10)] == [(b"a", 1), (b"b", 1)]
+        ob.append(recs("c"), [3])
+        assert ob.depth() == 5
+    finally:
+        ob.close()
+
+
+def _from_file(outbox: Outbox, n: int, after_id: int) -> list[tuple[int, str, bytes, int]]:
+    """What peek must return, straight from the file: the leading records within ``n`` items."""
     rows = outbox._db.execute(
-        "SELECT id, key, payload FROM records WHERE id > ? ORDER BY id LIMIT ?", (after_id, n)
+        "SELECT id, key, payload, items FROM records WHERE id > ? ORDER BY id", (after_id,)
     ).fetchall()
-    return [(int(i), str(k), bytes(p)) for i, k, p in rows]
+    out: list[tuple[int, str, bytes, int]] = []
+    for i, k, p, items in rows:
+        if out and sum(r[3] for r in out) + items > n:
+            break
+        out.append((int(i), str(k), bytes(p), int(items)))
+    return out
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(1, 12), st.integers(0, 15), st.lists(
+@given(st.integers(1, 12), st.integers(0, 15), st.integers(1, 4), st.lists(
     st.tuples(st.sampled_from(["append", "ack", "discard", "peek"]), st.integers(0, 9), st.integers(0, 40)),
     max_size=40))
 def test_memory_tail_answers_like_the_file(tmp_path_factory: pytest.TempPathFactory, max_rows: int, tail_max: int,
-                                           ops: list[tuple[str, int, int]]) -> None:
-    """Whatever mix of appends, acks, discards and overflow: peek (from the memory tail when it
-    can) returns exactly what the SQLite file holds."""
+                                           max_items: int, ops: list[tuple[str, int, int]]) -> None:
+    """Whatever mix of appends (records of 1..max_items items), acks, discards and overflow: peek
+    (from the memory tail when it can) returns exactly what the SQLite file holds, and the depth
+    is the items it holds."""
     outbox = Outbox(tmp_path_factory.mktemp("tail") / "ob.sqlite", max_rows, tail_max=tail_max)
     serial = 0
     try:
         for op, size, ref in ops:
             if op == "append":
                 batch = [("k", f"r{serial + i}".encode()) for i in range(size)]
+                outbox.append(batch, [1 + (serial + i) % max_items for i in range(size)])
                 serial += size
-                outbox.append(batch)
             elif op in ("ack", "discard"):
                 getattr(outbox, op)(ref)
             for n, after in ((size + 1, ref), (1000, 0), (3, serial // 2)):
-                got = [(r.id, r.key, r.payload) for r in outbox.peek(n, after)]
+                got = [(r.id, r.key, r.payload, r.items) for r in outbox.peek(n, after)]
                 assert got == _from_file(outbox, n, after)
-            assert outbox.depth() == len(_from_file(outbox, 10_000, 0))
+            assert outbox.depth() == sum(r[3] for r in _from_file(outbox, 10**9, 0))
+            assert outbox.depth() + outbox.dropped_total + outbox.discarded_total <= sum(
+                1 + i % max_items for i in range(serial))
     finally:
         outbox.close()

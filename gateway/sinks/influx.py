@@ -130,11 +130,9 @@ class InfluxSink(OutboxForwarding):
         if self._task is not None or self._closed:
             return
         cfg = self.config
-        # No memory tail: this sink reads thousands of lines once per flush interval, so selecting
-        # them back costs little, while keeping a record object per line in memory cost a tenth of
-        # the gateway's CPU at 25,000 values/s.
-        self._outbox = await AsyncOutbox.open(
-            outbox_path(self.data_dir, self.name), cfg.outbox_max_rows, tail_max=0)
+        # A record is a chunk of lines (one pipeline batch, at most batch_size lines), so the
+        # outbox's bound and counters are in lines while SQLite sees a row per poll.
+        self._outbox = await AsyncOutbox.open(outbox_path(self.data_dir, self.name), cfg.outbox_max_rows)
         if cfg.api == "v1":
             auth = (cfg.username, cfg.password or "") if cfg.username else None
             self._http = httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, auth=auth)
@@ -155,7 +153,10 @@ class InfluxSink(OutboxForwarding):
             raise RuntimeError("InfluxSink.write() before start()")
         if not batch:
             return
-        await self._outbox.append([("", line.encode()) for line in self.encoder.encode(batch)])
+        lines = self.encoder.encode(batch)
+        size = self.config.batch_size
+        chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
+        await self._outbox.append([("", "\n".join(chunk).encode()) for chunk in chunks], [len(c) for c in chunks])
         # Wake the task: it starts the flush-interval timer or, when a full batch is ready,
         # writes at once.
         self._wake.set()
@@ -206,8 +207,7 @@ class InfluxSink(OutboxForwarding):
             result = await self._send(body)
             last_id = records[-1].id
             if result.outcome == "ok":
-                await outbox.ack(last_id)
-                self._published += len(records)
+                self._published += await outbox.ack(last_id)
                 self._link_up()
                 backoff = self.backoff_min_s
                 self._acked.set()
@@ -217,7 +217,7 @@ class InfluxSink(OutboxForwarding):
                 self._link_up()  # the server answered: it is up, the data is bad
                 log.error(
                     "influx: server rejected a batch of %d lines with HTTP %s: %s; dead-lettered",
-                    len(records),
+                    sum(r.items for r in records),
                     result.status,
                     result.message[:500],
                 )
