@@ -87,9 +87,12 @@ class CommandsConfig(CommandQueueConfig):
 
 
 class ProcessingConfig(StrictModel):
-    """Report by exception (off by default: every polled sample is published)."""
+    """Report by exception (off by default: every polled sample is published). An unchanged Bad
+    state (a PLC unreachable) is published once and then at each ``max_age_s`` heartbeat, unless
+    ``repeat_bad`` asks for it at every poll."""
 
     report_by_exception: bool = False
+    repeat_bad: bool = False
     deadband_absolute: float | None = Field(default=None, ge=0)
     deadband_percent: float | None = Field(default=None, ge=0, le=100)  # of the EURange span
     max_age_s: float | None = Field(default=60.0, gt=0)  # republish an unchanged value after this

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from gateway.latest import LatestValues
-from gateway.processors import ReportByException
+from gateway.processors import RepeatedBadFilter, ReportByException
 from gateway.readings import Reading
 from gateway.sinks.base import Sink
 
@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
-    def __init__(self, sinks: Sequence[Sink], latest: LatestValues, filter_: ReportByException | None = None) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        latest: LatestValues,
+        filter_: ReportByException | RepeatedBadFilter | None = None,
+    ) -> None:
         self.sinks = tuple(sinks)
         self.latest = latest
         self._filter = filter_

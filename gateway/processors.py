@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from gateway.common.status import is_bad
 from gateway.readings import Reading, TagValue
 
 TagKey = tuple[str, str, str]  # device, asset, tag
@@ -107,3 +108,47 @@ class ReportByException:
         """Drop the state of one device, so its next readings all pass (e.g. after a rebirth)."""
         for key in [k for k in self._last if k[0] == device]:
             del self._last[key]
+
+
+class RepeatedBadFilter:
+    """Publish an unchanged Bad state once, not at every poll.
+
+    While a PLC is unreachable its source produces a Bad, value-less reading for every tag at every
+    poll. Those say nothing new after the first, yet cost as much to encode and send as real
+    samples (at 50,000 values/s they crowded the real samples out of the MQTT outbox). A Bad reading
+    passes when its tag's last reading was not Bad, when its StatusCode differs from the last Bad
+    one passed, or as a heartbeat once ``max_age_s`` passed since then; the first Good or Uncertain
+    reading ends the run, so the next Bad one passes again. Good and Uncertain readings always pass.
+    """
+
+    def __init__(self, max_age_s: float | None = 60.0) -> None:
+        if max_age_s is not None and max_age_s <= 0:
+            raise ValueError("max_age_s must be > 0 or None")
+        self._max_age_s = max_age_s
+        self._bad: dict[TagKey, Reading] = {}  # the last Bad reading passed, per tag in a Bad run
+
+    def __call__(self, batch: list[Reading]) -> list[Reading]:
+        bad = self._bad
+        out: list[Reading] | None = None  # stays None (the batch passes as it is) until one is held back
+        for i, reading in enumerate(batch):
+            passes = True
+            if is_bad(reading.quality):
+                key = (reading.device, reading.asset, reading.tag)
+                last = bad.get(key)
+                if last is None or last.quality != reading.quality or self._due(last, reading):
+                    bad[key] = reading
+                else:
+                    passes = False
+            elif bad:  # only while some tag is in a Bad run: no key built per Good reading otherwise
+                bad.pop((reading.device, reading.asset, reading.tag), None)
+            if out is not None:
+                if passes:
+                    out.append(reading)
+            elif not passes:
+                out = batch[:i]
+        return batch if out is None else out
+
+    def _due(self, last: Reading, new: Reading) -> bool:
+        if self._max_age_s is None:
+            return False
+        return (new.gateway_ts - last.gateway_ts).total_seconds() >= self._max_age_s

@@ -46,7 +46,7 @@ from gateway.latest import LatestValues
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.poller import Poller
-from gateway.processors import Deadband, ReportByException
+from gateway.processors import Deadband, RepeatedBadFilter, ReportByException
 from gateway.readings import Reading
 from gateway.sinks.base import Sink
 from gateway.sinks.influx import InfluxSink
@@ -201,12 +201,14 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     if config.sinks.sparkplug.enabled:
         sinks.append(SparkplugSink(config.sinks.sparkplug, config.gateway.id, data_dir))
     processing = config.processing
-    filter_ = None
-    if processing.report_by_exception:
+    filter_: ReportByException | RepeatedBadFilter | None = None
+    if processing.report_by_exception:  # holds back unchanged Bad readings too
         filter_ = ReportByException(
             default=Deadband(absolute=processing.deadband_absolute, percent=processing.deadband_percent),
             max_age_s=processing.max_age_s,
         )
+    elif not processing.repeat_bad:
+        filter_ = RepeatedBadFilter(processing.max_age_s)
     latest = LatestValues()
     pipeline = Pipeline(sinks, latest, filter_)
     hub = WsHub()

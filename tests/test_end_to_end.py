@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.plant import Plant
+from devices.plant import Plant, write_catalogue
 from devices.process_image import ProcessImage
 from gateway.config import GatewayConfig
 from gateway.runtime import build_gateway, run_gateway
@@ -174,3 +174,50 @@ async def test_thin_path_end_to_end(
         finally:
             stop.set()
             await asyncio.wait_for(runner, 30)
+
+
+@pytest.mark.parametrize("repeat_bad", [False, True])
+async def test_unreachable_plc_bad_state_is_published_once_by_default(
+    tmp_path: Path, mosquitto_server: MosquittoServer, subscriber: Subscriber, repeat_bad: bool,
+) -> None:
+    """A PLC nobody answers for: every poll yields Bad readings, but MQTT gets the Bad state of each
+    asset once (repeat_bad: false, the default) or at every poll (repeat_bad: true); REST shows it."""
+    config = small_plant_config(tmp_path / "plant")
+    write_catalogue(config)  # the plant is never started: its ports refuse connections
+    api_port = free_port()
+    gateway_config = GatewayConfig.model_validate({
+        "gateway": {"id": "gw-bad", "data_dir": str(tmp_path / "gateway"),
+                    "catalogue": str(tmp_path / "plant" / "catalogue.json")},
+        "sources": [{"name": "plc-1-modbus", "protocol": "modbus", "plc": "plc-1", "interval_ms": 100,
+                     "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}],
+        "processing": {"repeat_bad": repeat_bad},
+        "sinks": {"mqtt": {"url": mosquitto_server.url, "topic_prefix": "e2e"}},
+        "api": {"port": api_port},
+    })
+    gateway = build_gateway(gateway_config)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_gateway(gateway, stop, announce=False))
+    try:
+        async def polled_ten_times() -> bool:
+            return sum(stats.reads for stats in gateway.poller.stats().values()) >= 10
+
+        await _until(polled_ten_times, "ten polls of the unreachable PLC")
+        async def every_asset_bad() -> bool:
+            assets = {payload["asset"] for _topic, payload in subscriber.messages if "values" in payload}
+            return assets >= set(ASSETS)
+
+        await _until(every_asset_bad, "the Bad state of both conveyors on MQTT")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as http:
+            body = (await http.get("/api/v1/devices/conveyor-01")).json()
+        assert {v["quality"] for v in body["values"].values()} == {"Bad"}
+        polls = sum(stats.reads for stats in gateway.poller.stats().values())
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 30)
+    per_asset = {a: [p for _t, p in subscriber.messages if p.get("asset") == a] for a in ASSETS}
+    for asset, payloads in per_asset.items():
+        assert all(v["quality"] == "Bad" and v["value"] is None for p in payloads for v in p["values"].values())
+        if repeat_bad:
+            assert len(payloads) >= polls - 2, (asset, len(payloads), polls)
+        else:
+            assert len(payloads) == 1, (asset, len(payloads), polls)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.common.status import BAD_NO_COMMUNICATION, GOOD
-from gateway.processors import Deadband, ReportByException, changed
+from gateway.common.status import BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD, UNCERTAIN_LAST_USABLE_VALUE
+from gateway.processors import Deadband, RepeatedBadFilter, ReportByException, changed
 from gateway.readings import Reading, TagValue
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -78,3 +78,38 @@ def test_invalid_parameters() -> None:
         Deadband(percent=150)
     with pytest.raises(ValueError, match="max_age_s"):
         ReportByException(max_age_s=0)
+
+
+def test_repeated_bad_passes_once_per_run_and_status() -> None:
+    f = RepeatedBadFilter(max_age_s=60)
+    bad = BAD_NO_COMMUNICATION
+    assert f([r(None, 0, bad), r(None, 0, bad, tag="y")]) == [r(None, 0, bad), r(None, 0, bad, tag="y")]
+    assert f([r(None, 1, bad), r(None, 1, bad, tag="y")]) == []  # unchanged Bad: held back
+    assert f([r(None, 2, BAD_TIMEOUT), r(None, 2, bad, tag="y")]) == [r(None, 2, BAD_TIMEOUT)]  # new StatusCode
+    assert f([r(5.0, 3), r(None, 3, bad, tag="y")]) == [r(5.0, 3)]  # Good ends x's run, y stays held
+    assert f([r(None, 4, BAD_TIMEOUT)]) == [r(None, 4, BAD_TIMEOUT)]  # a new run after Good passes again
+
+
+def test_repeated_bad_heartbeat_and_no_heartbeat() -> None:
+    bad = BAD_NO_COMMUNICATION
+    f = RepeatedBadFilter(max_age_s=10)
+    assert f([r(None, 0, bad)])
+    assert not f([r(None, 9.9, bad)])
+    assert f([r(None, 10, bad)]) == [r(None, 10, bad)]  # the heartbeat: measured from the last one passed
+    assert not f([r(None, 19, bad)])
+    never = RepeatedBadFilter(max_age_s=None)
+    assert never([r(None, 0, bad)])
+    assert not never([r(None, 10_000, bad)])
+
+
+def test_good_and_uncertain_always_pass_and_order_is_kept() -> None:
+    f = RepeatedBadFilter()
+    bad = BAD_NO_COMMUNICATION
+    f([r(None, 0, bad, tag="b")])
+    batch = [r(1.0, 1, tag="a"), r(None, 1, bad, tag="b"), r(2.0, 1, UNCERTAIN_LAST_USABLE_VALUE, tag="c"),
+             r(1.0, 1, tag="a")]
+    assert f(batch) == [batch[0], batch[2], batch[3]]
+    good = [r(float(i), 2, tag=f"t{i}") for i in range(5)]
+    assert f(good) is good  # nothing held back: the batch itself, no copy
+    with pytest.raises(ValueError, match="max_age_s"):
+        RepeatedBadFilter(max_age_s=0)

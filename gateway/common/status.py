@@ -45,6 +45,11 @@ NAMES: dict[int, str] = {
 _SEVERITY_MASK = 0xC0000000
 
 
+def is_bad(code: int) -> bool:
+    """Severity Bad (both top bits of a StatusCode set: 0b10 and the reserved 0b11)."""
+    return code & 0x80000000 != 0
+
+
 def quality_class(code: int) -> str:
     """Good, Uncertain or Bad, from the two severity bits of a StatusCode."""
     severity = code & _SEVERITY_MASK
