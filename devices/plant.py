@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from devices.modbus.fault_schedule import ModbusFaultSchedule
 from devices.opcua.exposer import OpcUaExposer
 from devices.plc import AssetGroup, Plc
 from devices.scenarios import ScenarioRunner
+from gateway.common.heap import settle_after_startup
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class Plant:
             self._announce(f"plant ready: {len(self.plcs)} PLC(s), clock speed {self.clock.speed:g}x")
             # Startup built tens of thousands of long-lived objects (address space, register map);
             # freezing them keeps the garbage collector from rescanning them on every scan.
-            gc.freeze()
+            settle_after_startup()
             self.clock.begin()
             async with asyncio.TaskGroup() as group:
                 for placed in self.plcs:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -38,6 +37,7 @@ from gateway.commands.queue import CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest
 from gateway.commands.validation import catalogue_validator
 from gateway.common.configfile import ConfigError
+from gateway.common.heap import settle_after_startup
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.encoders.uns_json import format_ts, json_value
 from gateway.executor import CommandExecutor
@@ -366,7 +366,7 @@ async def run_gateway(gateway: Gateway, stop: asyncio.Event, announce: bool = Tr
         _bounded(stack, "sources", gateway.poller.close)
         # Start-up built the long-lived objects (app, routes, models, clients, catalogue): freezing
         # them keeps the garbage collector from rescanning them at every collection under load.
-        gc.freeze()
+        settle_after_startup()
         if announce:
             for line in describe(gateway):
                 print(line, flush=True)
