@@ -122,6 +122,18 @@ def test_asset_layout_repeated_tag_starts_new_message() -> None:
     assert json.loads(msgs[1].payload)["ts"] == "2026-11-21T13:55:02.123Z"
 
 
+def test_asset_message_ts_is_its_newest_sample() -> None:
+    """Tags of one asset with different source timestamps (OPC UA notifications of several scans,
+    naive and aware stamps mixed): the message's ``ts`` is the newest of them."""
+    older, newest = TS - timedelta(seconds=2), TS + timedelta(milliseconds=500)
+    batch = [reading("a", source_ts=older), reading("b", source_ts=newest.replace(tzinfo=None)),
+             reading("c", source_ts=TS)]
+    payload = json.loads(UnsJsonEncoder().encode(batch)[0].payload)
+    assert payload["ts"] == "2026-11-21T13:55:01.623Z"
+    assert [payload["values"][t]["source_ts"] for t in "abc"] == [
+        "2026-11-21T13:54:59.123Z", "2026-11-21T13:55:01.623Z", "2026-11-21T13:55:01.123Z"]
+
+
 def test_tag_layout_plain_json_contract() -> None:
     msgs = UnsJsonEncoder("twinedge", "tag").encode(
         [reading("Motor.Current", float("nan"), UNCERTAIN_LAST_USABLE_VALUE)]

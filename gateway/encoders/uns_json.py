@@ -124,34 +124,44 @@ class UnsJsonEncoder:
         # One message per asset, but never two samples of the same tag in one message (that would
         # silently drop the older one): a repeated tag starts the asset's next message. Messages
         # keep the batch order of their first reading, so per-topic order follows the source.
+        # A batch shares a few timestamps and StatusCodes: each is formatted once per batch.
         groups: list[tuple[str, Reading, dict[str, dict[str, Any]], list[datetime]]] = []
         open_group: dict[str, int] = {}
+        stamps_text: dict[datetime, str] = {}
+        qualities: dict[int, str] = {}
         for r in batch:
             topic = self.asset_topic(r)
             idx = open_group.get(topic)
             if idx is None or r.tag in groups[idx][2]:
                 idx = len(groups)
-                groups.append((topic, r, {}, []))
+                groups.append((topic, r, {}, [r.source_ts]))
                 open_group[topic] = idx
-            _, _, values, stamps = groups[idx]
+            _, _, values, newest = groups[idx]
+            ts = r.source_ts
+            text = stamps_text.get(ts)
+            if text is None:
+                text = stamps_text[ts] = format_ts(ts)
+            quality = qualities.get(r.quality)
+            if quality is None:
+                quality = qualities[r.quality] = quality_class(r.quality)
             values[r.tag] = {
                 "value": r.value,
                 "unit": r.unit,
-                "quality": quality_class(r.quality),
+                "quality": quality,
                 "status_code": r.quality,
-                "source_ts": format_ts(r.source_ts),
+                "source_ts": text,
             }
-            stamps.append(r.source_ts)
-        out: list[Message] = []
-        for topic, first, values, stamps in groups:
-            payload = {
-                "ts": format_ts(max(stamps, key=_utc)),  # newest sample in the message
+            if ts is not newest[0] and _utc(ts) > _utc(newest[0]):
+                newest[0] = ts
+        return [
+            Message(topic, _dumps({
+                "ts": format_ts(newest[0]),  # newest sample in the message
                 "asset": first.asset,
                 "device": first.device,
                 "values": values,
-            }
-            out.append(Message(topic, _dumps(payload)))
-        return out
+            }))
+            for topic, first, values, newest in groups
+        ]
 
 
 def _utc(ts: datetime) -> datetime:
