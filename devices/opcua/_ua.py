@@ -37,6 +37,34 @@ def datavalue(
     )
 
 
+def extension_object(type_id: ua.NodeId, body: bytes) -> ua.ExtensionObject:
+    """An ExtensionObject with an already-encoded body (asyncua types Body as its ``ua.ByteString``)."""
+    return ua.ExtensionObject(TypeId=type_id, Body=cast(Any, body))
+
+
+_new = object.__new__
+_Variant = ua.Variant
+
+
+def scalar_variant(value: Any, vtype: ua.VariantType) -> ua.Variant:
+    """``ua.Variant(value, vtype)`` for a scalar ``value`` already of ``vtype``'s Python type, without
+    ``Variant.__post_init__``.
+
+    ``__post_init__`` re-checks the array flag, a nested Variant, the type and null-ness on every
+    construction, paid for every changed value of every scan (~11% of the plant's CPU under a 25,000
+    values/s subscription). timeit, asyncua 2.1, Python 3.11: ``ua.Variant(1.5, VariantType.Float)``
+    0.68 us, this 0.12 us. The caller guarantees what the checks would: a non-None scalar of the right
+    Python type (the publisher's converters, values.wire_converter), so the Variant equals the checked
+    one field for field.
+    """
+    variant: ua.Variant = _new(_Variant)
+    variant.Value = value
+    variant.VariantType = vtype
+    variant.Dimensions = None
+    variant.is_array = False
+    return variant
+
+
 def diagnostic(reason: str) -> ua.DiagnosticInfo:
     """A DiagnosticInfo carrying a reason inline (AdditionalInfo needs no string table)."""
     return ua.DiagnosticInfo(AdditionalInfo=cast(Any, reason))

@@ -32,6 +32,7 @@ from devices.opcua.config import OpcUaServerConfig
 from devices.opcua.history import PlantHistory
 from devices.opcua.methods import CommandMethods
 from devices.opcua.nodesets import import_nodesets
+from devices.opcua.notification_encoding import install_pre_encoding
 from devices.opcua.publisher import ValuePublisher
 from devices.opcua.security import (
     POLICY_TYPES,
@@ -159,6 +160,9 @@ class OpcUaExposer(Service):
         # RefreshStart/RefreshEnd events that bracket a refresh.
         server.iserver.bind_condition_methods = REFRESH_EVENT_SEVERITY
         await server.init()
+        # Client subscriptions publish DataChangeNotifications encoded by notification_encoding.py:
+        # asyncua's generic encoder was ~23% of the plant's CPU under a 25,000 values/s subscription.
+        install_pre_encoding(server.iserver.subscription_service)
         server.set_endpoint(self.endpoint_url)
         server.socket_address = (self._settings.bind_host, config.port)
         server.set_server_name(f"TwinEdge PLC {self._plc_config.id}")

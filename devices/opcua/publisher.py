@@ -26,6 +26,7 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 
 from devices.opcua import values
 from devices.opcua._ua import datavalue as make_datavalue
+from devices.opcua._ua import scalar_variant
 from devices.opcua._ua import status as make_status
 from devices.opcua.address_space import GroupNodes, TagNodes
 from devices.opcua.background import BackgroundDrain
@@ -120,7 +121,8 @@ class ValuePublisher(BackgroundDrain):
                         # write path does; the fault value stays in the process image.
                         variant = ua.Variant()
                     else:
-                        variant = ua.Variant(plan.convert(float(raw[index])), plan.vtype)
+                        # Unchecked construction: 0.12 us instead of 0.68 us per value (_ua.scalar_variant).
+                        variant = scalar_variant(plan.convert(float(raw[index])), plan.vtype)
                     datavalue = make_datavalue(variant, self._status(code), source_ts, server_ts)
                     attribute = slots[index]
                     attribute.value = datavalue
