@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.common.status import GOOD
 from gateway.readings import Reading
-from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
+from gateway.sinks.mqtt import DEFAULT_INFLIGHT_311, MqttSink, MqttSinkConfig, inflight_window
 from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
@@ -337,13 +337,17 @@ async def test_every_qos_and_protocol_delivers_in_order(
         sub.close()
 
 
-@pytest.mark.parametrize(("protocol", "window"), [("5", 5), ("3.1.1", 100)])
-async def test_inflight_window_honours_the_brokers_receive_maximum(protocol: str, window: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("protocol", "configured", "window"), [
+    ("5", 100, 5), ("5", None, 5), ("3.1.1", 100, 100), ("3.1.1", None, DEFAULT_INFLIGHT_311)])
+async def test_inflight_window_honours_the_brokers_receive_maximum(
+    protocol: str, configured: int | None, window: int, tmp_path: Path
+) -> None:
     """MQTT 5: never more unacknowledged PUBLISHes than the broker's Receive Maximum (Mosquitto sends
-    max_inflight_messages); 3.1.1 has no such property, so the configured window applies."""
+    max_inflight_messages), which is also the window when none is configured; 3.1.1 has no such
+    property, so the configured window applies, or a conservative default."""
     with run_mosquitto(tmp_path / "broker", extra=["max_inflight_messages 5"]) as broker:
         sub = await asyncio.to_thread(Subscriber, broker, SEQ_TOPIC)
-        sink = make_sink(broker.url, tmp_path, layout="tag", protocol=protocol, max_inflight=100)
+        sink = make_sink(broker.url, tmp_path, layout="tag", protocol=protocol, max_inflight=configured)
         try:
             await wait_for(sub.subscribed.is_set, 5, "subscription")
             await sink.start()
@@ -459,3 +463,10 @@ async def test_tls_with_password_refused_then_accepted(tmp_path: Path) -> None:
             assert sink.stats().connected
         finally:
             await sink.close()
+
+
+@pytest.mark.parametrize(("configured", "receive_maximum", "window"), [
+    (None, None, DEFAULT_INFLIGHT_311), (None, 1000, 1000), (50, 1000, 50), (50, 20, 20), (50, None, 50)])
+def test_inflight_window_rule(configured: int | None, receive_maximum: int | None, window: int) -> None:
+    assert inflight_window(configured, receive_maximum) == window
+

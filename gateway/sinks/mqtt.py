@@ -59,9 +59,25 @@ class MqttSinkConfig(MqttConnectionConfig):
     retain: bool = True  # §3.4: latest-value topics are retained
     batch_max: int = Field(default=500, ge=1)
     # QoS 1/2 PUBLISHes awaiting their acknowledgement on the wire (paho's window; the rest of
-    # batch_max waits in paho's queue). With MQTT 5 the broker's Receive Maximum caps it (Mosquitto: 20).
-    max_inflight: int = Field(default=20, ge=1, le=65535)
+    # batch_max waits in paho's queue). None: as many as the broker accepts, which MQTT 5 states in the
+    # CONNACK (Receive Maximum; Mosquitto: max_inflight_messages, 20 by default) and 3.1.1 cannot, so
+    # there the window is DEFAULT_INFLIGHT_311: a 3.1.1 client beyond Mosquitto's limit has its QoS 2
+    # messages refused and is disconnected, over and over. Throughput is at most a window per round
+    # trip, and under load the round trip includes our own event loop: at 33,000 values/s a window of
+    # 20 let the outbox grow to 98,000 messages while 100 kept p99 latency at 165 ms (BENCHMARKS.md).
+    max_inflight: int | None = Field(default=None, ge=1, le=65535)
     outbox_max_rows: int = Field(default=100_000, ge=1)
+
+
+DEFAULT_INFLIGHT_311 = 20  # Mosquitto's default max_inflight_messages, and paho's default window
+
+
+def inflight_window(configured: int | None, receive_maximum: int | None) -> int:
+    """The in-flight window for a connection: the configured one within the broker's Receive Maximum
+    (MQTT 5 only; absent means 65,535, §3.2.2.3.3), or the broker's own figure when none is configured."""
+    if configured is None:
+        return receive_maximum if receive_maximum is not None else DEFAULT_INFLIGHT_311
+    return configured if receive_maximum is None else min(configured, receive_maximum)
 
 
 class MqttSink(OutboxForwarding):
@@ -215,8 +231,7 @@ class MqttSink(OutboxForwarding):
         # between 0 = unlimited and a limit; both values here are >= 1), so its attribute is set directly
         # (paho pinned ~=2.2.0); paho sends no more until the in-flight count falls below it.
         receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
-        window = self.config.max_inflight if receive_maximum is None else min(self.config.max_inflight, receive_maximum)
-        client._max_inflight_messages = window
+        client._max_inflight_messages = inflight_window(self.config.max_inflight, receive_maximum)
         client.publish(self.status_topic, json.dumps({"online": True}), qos=1, retain=True)
         outage_s = self._came_up()
         if outage_s is not None:
