@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -31,6 +32,7 @@ from gateway.readings import Reading, TagValue
 from gateway.sources import modbus_codec as codec
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, catalogue_plc, utcnow
 from gateway.sources.config import ModbusSourceConfig
+from gateway.sources.modbus_decoder import PointLayout, RequestDecoder
 from gateway.sources.modbus_planner import BIT_TABLES, PlanItem, ReadRequest, Span, Table, plan_reads
 
 if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
@@ -152,6 +154,15 @@ class ModbusSource(SourceBase):
             max_bits=config.max_bits_per_request,
         )
         self._by_tag = {(p.ref.asset, p.ref.tag): p for p in self.map.points}
+        # Per planned request: its points in response order, and their decoder (modbus_decoder.py).
+        self._request_points = [tuple(self.map.points[int(str(item.key))] for item in r.items) for r in self.plan]
+        self._decoders = [
+            RequestDecoder(
+                [PointLayout(p.address - r.address, p.count, p.datatype, p.word_order, p.scale, p.offset)
+                 for p in points],
+                r.table in BIT_TABLES, r.count)
+            for r, points in zip(self.plan, self._request_points, strict=True)
+        ]
         self._clients: list[AsyncModbusTcpClient] = []  # all connected, or none
         self._lock = asyncio.Lock()  # one poll or command at a time: they share the connections
 
@@ -252,7 +263,7 @@ class ModbusSource(SourceBase):
                 log.debug("source %s: %s: exception %02X", self.name, self._describe(request), code)
                 outcomes[n] = self._bad_for(request, quality, now)
                 continue
-            outcomes[n] = self._decode(request, response, now)
+            outcomes[n] = self._decode(n, request, response, now)
         return None
 
     def _fail_rest(self, first: int, lanes: int, quality: int, now: Any, outcomes: list[list[Reading]]) -> None:
@@ -275,7 +286,19 @@ class ModbusSource(SourceBase):
     def _bad_for(self, request: ReadRequest, quality: int, now: Any) -> list[Reading]:
         return self.bad_readings([self.map.points[int(str(i.key))].ref for i in request.items], quality, now)
 
-    def _decode(self, request: ReadRequest, response: Any, now: Any) -> list[Reading]:
+    def _decode(self, n: int, request: ReadRequest, response: Any, now: datetime) -> list[Reading]:
+        """Readings of request ``n`` of the plan, every value decoded in one pass when possible."""
+        values = self._decoders[n].decode(response.bits if request.table in BIT_TABLES else response.registers)
+        if values is None:
+            return self._decode_points(request, response, now)
+        name = self.name
+        return [
+            Reading(name, p.ref.asset, p.ref.tag, value, GOOD, now, now, p.ref.site, p.ref.area, p.ref.unit)
+            for p, value in zip(self._request_points[n], values, strict=True)
+        ]
+
+    def _decode_points(self, request: ReadRequest, response: Any, now: Any) -> list[Reading]:
+        """Point by point, so a value that cannot be decoded is Bad on its own."""
         words = request.table not in BIT_TABLES
         data: list[Any] = list(response.registers if words else response.bits)
         out: list[Reading] = []
