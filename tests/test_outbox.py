@@ -284,6 +284,8 @@ def test_memory_tail_answers_like_the_file(tmp_path_factory: pytest.TempPathFact
                 got = [(r.id, r.key, r.payload, r.items) for r in outbox.peek(n, after)]
                 assert got == _from_file(outbox, n, after)
             assert outbox.depth() == sum(r[3] for r in _from_file(outbox, 10**9, 0))
+            live_tail = outbox._tail[outbox._tail_start :]
+            assert sum(r.items for r in live_tail) == outbox._tail_items <= tail_max  # memory bounded in items
             assert outbox.depth() + outbox.dropped_total + outbox.discarded_total <= sum(
                 1 + i % max_items for i in range(serial))
     finally:
