@@ -20,14 +20,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from sqlalchemy import Connection, and_, select
-
-from gateway.storage.revocations import TokenRevocations
-from gateway.storage.tables import revoked_tokens, users
+from gateway.storage.revocations import Token, TokenRevocations
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +38,6 @@ class _Answer:
     until: float
     username: str
     valid: bool
-
-
-class Token(NamedTuple):
-    """An issued token as revocation sees it: its user, its ``jti``, the user's token stamp at issue."""
-
-    username: str
-    jti: str
-    stamp: str
 
 
 @dataclass(eq=False, slots=True)  # compared by identity: two streams on one token are two watches
@@ -141,7 +129,7 @@ class TokenGuard:
         """End the watches whose token storage no longer finds good, asking once for all of them."""
         self.lookups += 1
         try:
-            good = await self.store.db.run(functools.partial(_good_tokens, {w.token for w in watches}))
+            good = await self.store.good_tokens({w.token for w in watches})
         except Exception:
             # The streams were good at the last check; the next sweep asks again.
             log.warning("token guard: re-checking the tokens of open streams failed", exc_info=True)
@@ -157,22 +145,3 @@ class TokenGuard:
                 self._answers.clear()
         self._answers[jti] = answer
 
-
-def _good_tokens(tokens: Collection[Token], conn: Connection) -> set[Token]:
-    """``TokenRevocations.is_valid`` for many tokens in one statement: each user's row (stamp, disabled)
-    with those of the given ``jti`` it logged out."""
-    jtis = {t.jti for t in tokens}
-    stmt = (
-        select(users.c.username, users.c.token_stamp, users.c.disabled, revoked_tokens.c.jti)
-        .select_from(users.outerjoin(revoked_tokens, and_(revoked_tokens.c.username == users.c.username,
-                                                          revoked_tokens.c.jti.in_(jtis))))
-        .where(users.c.username.in_({t.username for t in tokens}))
-    )
-    stamps: dict[str, str] = {}
-    revoked: set[str] = set()
-    for row in conn.execute(stmt):
-        if not row.disabled:
-            stamps[row.username] = row.token_stamp
-        if row.jti is not None:
-            revoked.add(row.jti)
-    return {t for t in tokens if stamps.get(t.username) == t.stamp and t.jti not in revoked}

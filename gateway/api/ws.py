@@ -43,11 +43,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.api.auth import Authenticator, Principal
 from gateway.api.state import AssetScope, no_assets_known
-from gateway.api.token_guard import Token
 from gateway.api.visibility import TOPIC_CUTS, Cut
 from gateway.common.status import status_name
 from gateway.encoders.uns_json import format_ts, json_value
 from gateway.readings import Reading
+from gateway.storage.revocations import Token
 
 log = logging.getLogger(__name__)
 
