@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from asyncua import Server, ua
+from asyncua import Client, Server, ua
 
 from gateway.catalogue import parse_catalogue
 from gateway.common.status import BAD_NO_COMMUNICATION, GOOD
@@ -94,12 +94,14 @@ async def server() -> AsyncIterator[OpcUaTestServer]:
     await srv.stop()
 
 
-def catalogue_for(endpoint: str) -> Any:
+def catalogue_for(endpoint: str, ghost: bool = True) -> Any:
+    """Every test variable, plus (``ghost``) a tag the server does not have."""
     tags = [
         {"key": key, "datatype": "float32", "access": "rw", "opcua": {"browse_path": [*PATH, "pump1", key]}}
         for key in VARIABLES
     ]
-    tags.append({"key": "ghost", "datatype": "float32", "opcua": {"browse_path": [*PATH, "pump1", "ghost"]}})
+    if ghost:
+        tags.append({"key": "ghost", "datatype": "float32", "opcua": {"browse_path": [*PATH, "pump1", "ghost"]}})
     doc = {
         "format": "twinedge-catalogue",
         "version": 1,
@@ -208,3 +210,27 @@ async def test_restart_with_renumbered_namespace_and_nodes(server: OpcUaTestServ
         assert all(server.nodes[k].nodeid != old_ids[k] for k in old_ids)  # the test really renumbers
         await until(values_are(source, {"temp": 121.5, "count": 93, "name": "P-101"}), "follow the restart")
         assert source.connected
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_connect_reads_the_namespace_array_once(
+    server: OpcUaTestServer, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server-instance check and the browse-path resolution share one read of the namespace
+    array per connection; after a restart with renumbered namespaces the new array is used."""
+    reads: list[int] = []
+    original = Client.get_namespace_array
+
+    async def counted(self: Client) -> list[str]:
+        reads.append(1)
+        return await original(self)
+
+    monkeypatch.setattr(Client, "get_namespace_array", counted)
+    # No missing tag: its periodic retry would read the array again, on purpose.
+    async with OpcUaSource(config(mode=mode), catalogue_for(server.endpoint, ghost=False)) as source:
+        await until(values_are(source, {"temp": 21.5}), "first values")
+        assert len(reads) == 1
+        await server.stop()
+        await server.start(variant=1, offset=1.0)  # "urn:someone:else" now takes index 2
+        await until(values_are(source, {"temp": 22.5, "count": -6}), "values after the renumbered restart")
+        assert len(reads) == 2

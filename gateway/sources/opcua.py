@@ -115,7 +115,8 @@ class OpcUaSource(SourceBase):
                 return True
             self._nodes = [None] * len(self.points)
             self._plan = None
-            await self._resolve()
+            # The namespace array _resume just read for this connection: no second round trip.
+            await self._resolve(self._server[0] if self._server is not None else None)
             if self.subscribed:
                 await self._subscribe(client)
         except _CONNECTION_ERRORS as exc:
@@ -194,12 +195,13 @@ class OpcUaSource(SourceBase):
             self._nodes[index] = None  # gone since the browse: look its path up again later
             self._plan = None
 
-    async def _resolve(self) -> None:
-        """Fill in the NodeIds still unknown: namespace indexes by URI, paths in batched calls."""
+    async def _resolve(self, namespaces: Sequence[str] | None = None) -> None:
+        """Fill in the NodeIds still unknown: namespace indexes by URI (from ``namespaces`` when the
+        caller just read the array), paths in batched calls."""
         assert self._client is not None
         self._resolved_at = time.monotonic()
         self._plan = None
-        await resolve_nodes(self._client, self.points, self._nodes, self.config.max_nodes_per_request)
+        await resolve_nodes(self._client, self.points, self._nodes, self.config.max_nodes_per_request, namespaces)
         missing = [p.ref for p, n in zip(self.points, self._nodes, strict=True) if n is None]
         if missing:
             names = ", ".join(f"{r.asset}/{r.tag}" for r in missing[:5])

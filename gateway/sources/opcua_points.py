@@ -7,6 +7,7 @@ index up by URI and translates the browse paths in one TranslateBrowsePathsToNod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -83,11 +84,14 @@ def _relative_path(browse_path: tuple[str, ...], ns: int) -> ua.RelativePath:
 
 
 async def resolve_nodes(
-    client: Client, points: list[OpcUaPoint], nodes: list[ua.NodeId | None], batch_size: int
+    client: Client, points: list[OpcUaPoint], nodes: list[ua.NodeId | None], batch_size: int,
+    namespaces: Sequence[str] | None = None,
 ) -> None:
-    """Fill in ``nodes[i]`` where still unknown: namespace indexes by URI, paths in batched calls.
-    A point whose namespace or path the server does not know (yet) stays None."""
-    namespaces = await client.get_namespace_array()
+    """Fill in ``nodes[i]`` where still unknown: namespace indexes by URI (``namespaces``, or the
+    server's array read now), paths in batched calls. A point whose namespace or path the server
+    does not know (yet) stays None."""
+    if namespaces is None:
+        namespaces = await client.get_namespace_array()
     todo: list[tuple[int, ua.RelativePath]] = []
     for i, point in enumerate(points):
         if nodes[i] is not None:
