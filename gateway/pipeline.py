@@ -7,14 +7,17 @@ from their own tasks, so a slow broker cannot stall polling.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.latest import LatestValues
-from gateway.processors import RepeatedBadFilter, ReportByException
 from gateway.readings import Reading
 from gateway.sinks.base import Sink
 
 log = logging.getLogger(__name__)
+
+# What decides which readings of a batch go to the sinks (processors.py): report by exception, or
+# holding back repeated Bad states.
+BatchFilter = Callable[[list[Reading]], list[Reading]]
 
 
 class Pipeline:
@@ -22,7 +25,7 @@ class Pipeline:
         self,
         sinks: Sequence[Sink],
         latest: LatestValues,
-        filter_: ReportByException | RepeatedBadFilter | None = None,
+        filter_: BatchFilter | None = None,
     ) -> None:
         self.sinks = tuple(sinks)
         self.latest = latest

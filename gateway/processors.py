@@ -70,6 +70,11 @@ def changed(last: Reading, new: Reading, deadband: Deadband) -> bool:
     return delta > threshold if threshold > 0 else delta > 0
 
 
+def _aged(last: Reading, new: Reading, max_age_s: float | None) -> bool:
+    """The heartbeat: ``max_age_s`` (None: never) has passed since ``last`` was passed on."""
+    return max_age_s is not None and (new.gateway_ts - last.gateway_ts).total_seconds() >= max_age_s
+
+
 class ReportByException:
     """Stateful filter over batches; state is the last reading passed per tag."""
 
@@ -94,15 +99,10 @@ class ReportByException:
         for reading in batch:
             key = (reading.device, reading.asset, reading.tag)
             last = self._last.get(key)
-            if last is None or changed(last, reading, self.deadband(key)) or self._stale(last, reading):
+            if last is None or changed(last, reading, self.deadband(key)) or _aged(last, reading, self._max_age_s):
                 self._last[key] = reading
                 out.append(reading)
         return out
-
-    def _stale(self, last: Reading, new: Reading) -> bool:
-        if self._max_age_s is None:
-            return False
-        return (new.gateway_ts - last.gateway_ts).total_seconds() >= self._max_age_s
 
     def forget(self, device: str) -> None:
         """Drop the state of one device, so its next readings all pass (e.g. after a rebirth)."""
@@ -135,7 +135,7 @@ class RepeatedBadFilter:
             if is_bad(reading.quality):
                 key = (reading.device, reading.asset, reading.tag)
                 last = bad.get(key)
-                if last is None or last.quality != reading.quality or self._due(last, reading):
+                if last is None or last.quality != reading.quality or _aged(last, reading, self._max_age_s):
                     bad[key] = reading
                 else:
                     passes = False
@@ -147,8 +147,3 @@ class RepeatedBadFilter:
             elif not passes:
                 out = batch[:i]
         return batch if out is None else out
-
-    def _due(self, last: Reading, new: Reading) -> bool:
-        if self._max_age_s is None:
-            return False
-        return (new.gateway_ts - last.gateway_ts).total_seconds() >= self._max_age_s

@@ -44,7 +44,7 @@ from gateway.executor import CommandExecutor
 from gateway.history import APP_STATE_KEY, history_reader
 from gateway.latest import LatestValues
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import BatchFilter, Pipeline
 from gateway.poller import Poller
 from gateway.processors import Deadband, RepeatedBadFilter, ReportByException
 from gateway.readings import Reading
@@ -201,7 +201,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     if config.sinks.sparkplug.enabled:
         sinks.append(SparkplugSink(config.sinks.sparkplug, config.gateway.id, data_dir))
     processing = config.processing
-    filter_: ReportByException | RepeatedBadFilter | None = None
+    filter_: BatchFilter | None = None
     if processing.report_by_exception:  # holds back unchanged Bad readings too
         filter_ = ReportByException(
             default=Deadband(absolute=processing.deadband_absolute, percent=processing.deadband_percent),

@@ -49,6 +49,7 @@ from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
 
 log = logging.getLogger(__name__)
 
+
 class MqttSinkConfig(MqttConnectionConfig):
     """``[sinks.mqtt]``: the connection keys of :class:`MqttConnectionConfig` plus these."""
 

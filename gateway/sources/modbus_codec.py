@@ -28,7 +28,7 @@ Value = float | int | bool | str
 WORD_ORDERS: Final[tuple[WordOrder, ...]] = ("ABCD", "CDAB", "BADC", "DCBA")
 
 # struct format of the big-endian (ABCD) byte string of each fixed-width numeric type.
-_FORMATS: Final[dict[str, str]] = {
+STRUCT_FORMATS: Final[dict[str, str]] = {
     "float32": ">f",
     "int16": ">h",
     "uint16": ">H",
@@ -92,7 +92,7 @@ def decode_registers(
         return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace")
     if datatype == "bool":
         return registers[0] != 0
-    value: float | int = struct.unpack(_FORMATS[datatype], _reorder(raw, word_order))[0]
+    value: float | int = struct.unpack(STRUCT_FORMATS[datatype], _reorder(raw, word_order))[0]
     return value
 
 
@@ -114,7 +114,7 @@ def encode_registers(
         return [1 if _as_bool(value) else 0]
     if isinstance(value, str):
         raise CodecError(f"number expected for {datatype}, got {value!r}")
-    fmt = _FORMATS[datatype]
+    fmt = STRUCT_FORMATS[datatype]
     try:
         if datatype in _INTEGER_TYPES:
             if isinstance(value, float) and not value.is_integer():

@@ -15,12 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from gateway.sources import modbus_codec as codec
-
-_STRUCT_CODES: Final[dict[str, str]] = {"float32": "f", "int16": "h", "uint16": "H", "enum": "H",
-                                        "int32": "i", "uint32": "I"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +43,12 @@ def _register_reader(point: PointLayout) -> _Reader:
     if point.datatype == "bool":
         word = struct.Struct(">H")
         return lambda raw: word.unpack_from(raw, at)[0] != 0
-    code = _STRUCT_CODES[point.datatype]
     if point.word_order != "ABCD" and not (point.count == 1 and point.word_order == "CDAB"):
         # Reordered bytes: the codec's own rule, on this point's registers only (rare in practice).
         registers = struct.Struct(f">{point.count}H")
         datatype, order = point.datatype, point.word_order
         return lambda raw: codec.decode_registers(registers.unpack_from(raw, at), datatype, order)
-    plain = struct.Struct(">" + code)
+    plain = struct.Struct(codec.STRUCT_FORMATS[point.datatype])
     return lambda raw: plain.unpack_from(raw, at)[0]
 
 
