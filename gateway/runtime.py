@@ -31,7 +31,7 @@ from gateway.api.app import ApiParts, create_app
 from gateway.api.edge import EdgeServices
 from gateway.api.seed_routes import MineSnapshots
 from gateway.api.state import AssetInfo, EdgeState, RecentHistory, SourceStatus
-from gateway.api.ws import WsHub
+from gateway.api.ws_hub import WsHub
 from gateway.catalogue import Catalogue, load_catalogue
 from gateway.commands.queue import CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest

@@ -16,7 +16,7 @@ from gateway.api.auth import AuthConfig, Authenticator, load_or_create_secret
 from gateway.api.edge import EdgeServices
 from gateway.api.seed_routes import MineSnapshots
 from gateway.api.state import AssetInfo, EdgeState, RecentHistory, SourceStatus
-from gateway.api.ws import WsHub
+from gateway.api.ws_hub import WsHub
 from gateway.catalogue import parse_catalogue
 from gateway.commands.validation import catalogue_validator
 from gateway.latest import LatestValues

@@ -22,7 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from gateway.alerts.rules import AlertRuleConfig
 from gateway.api.app import ApiParts, create_app
 from gateway.api.auth import AuthConfig, Authenticator, load_or_create_secret
-from gateway.api.ws import WsClient, WsHub, every
+from gateway.api.ws import every
+from gateway.api.ws_hub import WsClient, WsHub
 from gateway.commands.store import CommandRequest
 from gateway.readings import Reading
 from gateway.storage.audit import Actor

@@ -20,8 +20,9 @@ from gateway.api.problems import install_problem_handlers
 from gateway.api.routes_assets import TagReading, build_assets_router
 from gateway.api.seed_routes import MineSnapshots, build_seed_router
 from gateway.api.state import EdgeState
-from gateway.api.ws import WsHub, build_ws_router
-from gateway.common.status import status_name
+from gateway.api.values_json import ValuesJson
+from gateway.api.ws import build_ws_router
+from gateway.api.ws_hub import WsHub
 
 __all__ = ["ApiParts", "TagReading", "create_app"]
 
@@ -76,6 +77,7 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
     install_problem_handlers(app)
     # Without the edge services there is no auth: every caller reads everything.
     reader = Depends(parts.edge.auth.require("viewer") if parts is not None else _everyone)
+    values_json = ValuesJson(state.latest)  # shared by the two latest-values routes
     api = APIRouter(prefix="/api/v1")
     devices_api = APIRouter(prefix="/api/v1")
 
@@ -96,27 +98,20 @@ def create_app(state: EdgeState, registry: CollectorRegistry | None = None, part
         summary="Latest values of one asset",
         responses={404: {"description": "unknown asset", "content": {"application/problem+json": {}}}},
     )
-    async def device(device_id: str, caller: Principal = reader) -> DeviceValues:
+    async def device(device_id: str, caller: Principal = reader) -> Response:
         info = state.visible(caller.sites, device_id)
         if info is None:
             raise HTTPException(404, f"no device {device_id!r}")
-        readings = state.latest.asset(device_id) or {}
-        values = {
-            tag: TagReading(
-                value=r.value, unit=r.unit, quality=r.quality_name, status_code=r.quality,
-                status=status_name(r.quality), source_ts=r.source_ts, source=r.device,
-            )
-            for tag, r in sorted(readings.items())
-        }
-        return DeviceValues(**vars(info), values=values)
+        return Response(values_json.body(info), media_type="application/json")  # shaped as DeviceValues
 
     app.include_router(api)
     app.include_router(devices_api)
     if parts is not None:
         edge = parts.edge
+        # Routes are matched in order: the assets router, which holds the routes dashboards poll, first.
+        app.include_router(build_assets_router(state, edge.auth, values_json))
         for router in edge.routers(asset_exists=state.assets.__contains__, scope=state.visible_ids):
             app.include_router(router)
-        app.include_router(build_assets_router(state, edge.auth))
         app.include_router(build_ws_router(parts.hub, edge.auth, queue_size=parts.queue_size,
                                            allow_query_token=parts.allow_query_token,
                                            asset_exists=state.assets.__contains__, scope=state.visible_ids))

@@ -18,12 +18,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from gateway.api.auth import Authenticator, Principal
-from gateway.api.state import EdgeState
-from gateway.common.status import status_name
+from gateway.api.state import AssetInfo, EdgeState
+from gateway.api.values_json import ValuesJson
 from gateway.history import APP_STATE_KEY, HistoryReader, HistoryUnavailable
 from gateway.readings import TagValue
 
@@ -111,16 +111,19 @@ class History(BaseModel):
     points: list[HistoryPoint]
 
 
-def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
+def build_assets_router(state: EdgeState, auth: Authenticator, values_json: ValuesJson) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["assets"])
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "unknown asset"}}
 
-    def asset_or_404(caller: Principal, asset_id: str) -> AssetOut:
+    def info_or_404(caller: Principal, asset_id: str) -> AssetInfo:
         info = state.visible(caller.sites, asset_id)
         if info is None:
             raise HTTPException(404, f"no asset {asset_id!r}")
-        return AssetOut(**vars(info))
+        return info
+
+    def asset_or_404(caller: Principal, asset_id: str) -> AssetOut:
+        return AssetOut(**vars(info_or_404(caller, asset_id)))
 
     @router.get("/plcs", response_model=list[PlcOut], summary="PLCs with their endpoints and connection state")
     async def plcs(caller: Viewer) -> list[PlcOut]:
@@ -179,13 +182,9 @@ def build_assets_router(state: EdgeState, auth: Authenticator) -> APIRouter:
 
     @router.get("/assets/{asset_id}/values", response_model=AssetValues, responses=not_found,
                 summary="Latest value of every tag with unit, quality and source timestamp")
-    async def values(asset_id: str, caller: Viewer) -> AssetValues:
-        info = asset_or_404(caller, asset_id)
-        readings = state.latest.asset(asset_id) or {}
-        return AssetValues(**info.model_dump(), values={
-            tag: TagReading(value=r.value, unit=r.unit, quality=r.quality_name, status_code=r.quality,
-                            status=status_name(r.quality), source_ts=r.source_ts, source=r.device)
-            for tag, r in sorted(readings.items())})
+    async def values(asset_id: str, caller: Viewer) -> Response:
+        body = values_json.body(info_or_404(caller, asset_id))
+        return Response(body, media_type="application/json")  # shaped as AssetValues
 
     @router.get("/assets/{asset_id}/history", response_model=History, responses=not_found,
                 summary="History of one tag from InfluxDB or the local store, optionally aggregated per step")

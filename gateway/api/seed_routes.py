@@ -39,7 +39,8 @@ from gateway.alerts.store import AlertRecord
 from gateway.api.auth import Authenticator, Principal, client_ip
 from gateway.api.state import EdgeState
 from gateway.api.visibility import snapshot_in_scope
-from gateway.api.ws import WsClient, WsHub, accept, every, periodic, serve_client
+from gateway.api.ws import accept, every, periodic, serve_client
+from gateway.api.ws_hub import WsClient, WsHub
 from gateway.commands.queue import CommandQueue, CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest, IdempotencyConflict
 from gateway.encoders.uns_json import format_ts, json_value
@@ -217,7 +218,7 @@ def build_seed_router(
         if state.visible(principal.sites, machine_id) is None:
             await ws.close(code=1008, reason=f"no machine {machine_id!r}")
             return
-        client = WsClient(ws, queue_size, principal)
+        client = WsClient(ws, queue_size, principal, pacer=hub.pacer)
         await serve_client(ws, client, producers=[periodic(client, machine_period_s,
                                                            lambda: machine_data(machine_id))])
 

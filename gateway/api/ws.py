@@ -1,9 +1,6 @@
 """WebSocket streams: readings, alerts, command states and fixed-period snapshots, fanned out by a WsHub.
 
-Fan-out (issue 7, "a slow client never slows the pipeline or other clients"): publishing only puts a
-message into each client's bounded queue and returns; every client has its own sender task. When a
-queue is full the oldest message goes, the loss is counted, and before its next message the client
-gets ``{"type": "dropped", "count": n}``, so a dashboard knows it missed something.
+Fan-out to the clients, with a bounded queue per client, is ``ws_hub.py``'s.
 
 Authentication happens at the handshake. Browsers cannot set an Authorization header on a
 WebSocket, so the token travels as a subprotocol, ``Sec-WebSocket-Protocol: bearer, <jwt>`` (the
@@ -29,13 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, WebSocket
@@ -43,26 +36,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.api.auth import Authenticator, Principal
 from gateway.api.state import AssetScope, no_assets_known
-from gateway.api.visibility import TOPIC_CUTS, Cut
-from gateway.common.status import status_name
-from gateway.encoders.uns_json import format_ts, json_value
-from gateway.readings import Reading
+from gateway.api.ws_hub import ReadingFilter, WsClient, WsHub, dumps
 from gateway.storage.revocations import Token
 
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
 MAX_FILTER_ITEMS = 1000
-
-
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), default=str)
-
-
-def reading_json(r: Reading) -> dict[str, Any]:
-    return {"device": r.device, "asset": r.asset, "tag": r.tag, "value": json_value(r.value),
-            "quality": r.quality_name, "status": status_name(r.quality), "unit": r.unit,
-            "source_ts": format_ts(r.source_ts)}
 
 
 async def every(period_s: float) -> AsyncIterator[float]:
@@ -76,153 +56,6 @@ async def every(period_s: float) -> AsyncIterator[float]:
         if late > 0:  # a stalled loop: drop the missed ticks rather than send a burst
             deadline += math.ceil(late / period_s) * period_s
         await asyncio.sleep(deadline - loop.time())
-
-
-@dataclass
-class ReadingFilter:
-    """Which readings a /ws/stream client wants, and how often per tag."""
-
-    assets: frozenset[str] = frozenset()  # empty: all
-    tags: frozenset[str] = frozenset()
-    min_interval_s: float = 0.0
-    _last: dict[tuple[str, str], float] = field(default_factory=dict)
-
-    def select(self, readings: Sequence[Reading], now: float) -> list[Reading]:
-        out = []
-        for r in readings:
-            if (self.assets and r.asset not in self.assets) or (self.tags and r.tag not in self.tags):
-                continue
-            if self.min_interval_s > 0:
-                key = (r.asset, r.tag)
-                last = self._last.get(key)
-                if last is not None and now - last < self.min_interval_s:
-                    continue
-                self._last[key] = now
-            out.append(r)
-        return out
-
-
-class WsClient:
-    """One connected socket: a bounded queue of serialised messages and the task that sends them."""
-
-    def __init__(self, ws: WebSocket, queue_size: int, principal: Principal,
-                 readings: ReadingFilter | None = None, visible: frozenset[str] | None = None) -> None:
-        self.ws = ws
-        self.principal = principal
-        self.readings = readings
-        self.visible = visible  # the asset ids in the client's scope; None: every asset
-        self.queue: deque[str] = deque()
-        self.queue_size = queue_size
-        self.dropped = 0  # total, for metrics and tests
-        self.sent = 0
-        self._unreported = 0  # drops the client has not been told about yet
-        self._wake = asyncio.Event()
-
-    def offer(self, text: str) -> None:
-        """Never blocks: a full queue loses its oldest message."""
-        if len(self.queue) >= self.queue_size:
-            self.queue.popleft()
-            self.dropped += 1
-            self._unreported += 1
-        self.queue.append(text)
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.queue:
-                if self._unreported:
-                    count, self._unreported = self._unreported, 0
-                    await self.ws.send_text(dumps({"type": "dropped", "count": count}))
-                await self.ws.send_text(self.queue.popleft())
-                self.sent += 1
-
-
-class WsHub:
-    """Topics ("readings", "alerts", "commands", "mine", ...) to their clients. Publishing is synchronous
-    and cheap, so the pipeline and the services' listeners can call it directly."""
-
-    def __init__(self, cuts: Mapping[str, Cut] = TOPIC_CUTS) -> None:
-        self._topics: dict[str, set[WsClient]] = {}
-        self._loop_time: Callable[[], float] | None = None
-        self.cuts = cuts
-
-    def clients(self, topic: str) -> int:
-        return len(self._topics.get(topic, ()))
-
-    def add(self, topic: str, client: WsClient) -> Callable[[], None]:
-        self._topics.setdefault(topic, set()).add(client)
-        return lambda: self._topics.get(topic, set()).discard(client)
-
-    def publish(self, topic: str, message: dict[str, Any]) -> None:
-        clients = self._topics.get(topic)
-        if clients:
-            text = dumps(message)  # serialised once for every client
-            cut = self.cuts.get(topic)
-            scoped: dict[frozenset[str], str | None] = {}  # once per scope, too
-            for client in list(clients):
-                if client.visible is None:
-                    client.offer(text)
-                    continue
-                if client.visible not in scoped:
-                    shown = cut(message, client.visible) if cut is not None else None
-                    scoped[client.visible] = dumps(shown) if shown is not None else None
-                if (scoped_text := scoped[client.visible]) is not None:
-                    client.offer(scoped_text)
-
-    def publish_readings(self, readings: Sequence[Reading]) -> None:
-        """One ``readings`` message per client whose filter selects something from the batch.
-
-        Cost stays near O(batch + clients) rather than O(batch x clients): readings are grouped by asset
-        once (asset-filtered clients look only at their assets), each reading is serialised once, and
-        clients whose selection is the same (same filter without down-sampling, or the same selected
-        readings) share one serialised message. ``sent_ts`` (Unix seconds) is when the hub got the batch,
-        so a client can measure fan-out latency; ``source_ts`` per reading is the PLC's (or poll) time.
-        """
-        clients = self._topics.get("readings")
-        if not clients or not readings:
-            return
-        now = asyncio.get_running_loop().time()
-        head = f'{{"type":"readings","sent_ts":{time.time():.6f},"readings":['
-        by_asset: dict[str, list[Reading]] | None = None
-        fragments: dict[int, str] = {}  # id(reading) -> its JSON, for this batch only
-        by_filter: dict[tuple[frozenset[str], frozenset[str]], str] = {}
-        by_selection: dict[tuple[int, ...], str] = {}
-
-        def text_of(selected: list[Reading]) -> str:
-            parts = []
-            for r in selected:
-                fragment = fragments.get(id(r))
-                if fragment is None:
-                    fragment = fragments[id(r)] = dumps(reading_json(r))
-                parts.append(fragment)
-            return head + ",".join(parts) + "]}"
-
-        for client in list(clients):
-            wanted = client.readings
-            assert wanted is not None
-            candidates: Sequence[Reading] = readings
-            if wanted.assets:
-                if by_asset is None:
-                    by_asset = {}
-                    for r in readings:
-                        by_asset.setdefault(r.asset, []).append(r)
-                candidates = [r for a in wanted.assets for r in by_asset.get(a, ())]
-            if wanted.min_interval_s <= 0:  # the selection depends on the filter alone
-                key = (wanted.assets, wanted.tags)
-                text = by_filter.get(key)
-                if text is None:
-                    selected = wanted.select(candidates, now)
-                    text = by_filter[key] = text_of(selected) if selected else ""
-            else:  # down-sampling state is per client
-                selected = wanted.select(candidates, now)
-                if not selected:
-                    continue
-                ids = tuple(id(r) for r in selected)
-                text = by_selection.get(ids) or by_selection.setdefault(ids, text_of(selected))
-            if text:
-                client.offer(text)
 
 
 async def accept(ws: WebSocket, auth: Authenticator, allow_query_token: bool) -> Principal | None:
@@ -340,7 +173,8 @@ def build_ws_router(
             return
         if visible is not None and not assets:
             assets = visible  # an empty filter means every asset: narrow it to the scope
-        client = WsClient(ws, queue_size, principal, ReadingFilter(assets, tags, interval_ms / 1000.0), visible)
+        client = WsClient(ws, queue_size, principal, ReadingFilter(assets, tags, interval_ms / 1000.0), visible,
+                          hub.pacer)
         # A client whose scope holds no asset at all is served nothing, rather than everything.
         await serve_client(ws, client, [hub.add("readings", client)] if visible is None or assets else [])
 
@@ -350,7 +184,7 @@ def build_ws_router(
             principal = await accept(ws, auth, allow_query_token)
             if principal is None:
                 return
-            client = WsClient(ws, queue_size, principal, visible=scope(principal.sites))
+            client = WsClient(ws, queue_size, principal, visible=scope(principal.sites), pacer=hub.pacer)
             await serve_client(ws, client, [hub.add(topic, client)])
 
         topic_stream.__name__ = f"ws_{topic}"
