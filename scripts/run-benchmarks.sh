@@ -29,6 +29,7 @@ run gateway_modbus $PY bench/gateway_bench.py --protocol modbus --rate 25000 --d
 run gateway_sweep $PY bench/gateway_bench.py --sweep --duration 30 --warmup 10 --drain 120 --modbus-connections 16
 run api_ws $PY bench/api_bench.py ws --clients 1000 --rate 50000 --seconds 30 --modbus-connections 4
 run api_ws_10k $PY bench/api_bench.py ws --clients 1000 --rate 10000 --seconds 30 --modbus-connections 4
+run api_ws_1k $PY bench/api_bench.py ws --clients 1000 --rate 1000 --seconds 30 --modbus-connections 4
 run api_commands $PY bench/api_bench.py commands --count 100
 run api_commands_poll $PY bench/api_bench.py commands --count 100 --opcua-mode poll
 run thingsboard $PY bench/thingsboard_compare.py --window 40 --warmup 10 --repeat 1

@@ -47,11 +47,11 @@ async def test_each_row_chains_to_the_one_before(database: Database) -> None:
 
 
 async def test_concurrent_writers_keep_one_chain(db_url: tuple[str, str | None]) -> None:
-    """Many appends at once through two Database instances (two gateways sharing one database on
-    PostgreSQL, whose pools run them on several threads); SQLite's process has one writer thread."""
-    databases = [Database(db_url[0], schema=db_url[1])]
-    if db_url[1] is not None:
-        databases.append(Database(db_url[0], schema=db_url[1]))
+    """Many appends at once through two Database instances: two gateways sharing one database. On
+    PostgreSQL the pools run them on several threads; on SQLite each instance has its own writer
+    thread and connection, as two processes would, and the read-then-write of the chain head must
+    wait for the other's write lock rather than fail with "database is locked"."""
+    databases = [Database(db_url[0], schema=db_url[1]), Database(db_url[0], schema=db_url[1])]
     await databases[0].start()
     try:
         logs = [AuditLog(db) for db in databases]

@@ -6,7 +6,8 @@ worker thread: it allows one writer at a time anyway, and serialising in-process
 ``database is locked`` retries; PostgreSQL gets a few. Each ``run`` is one transaction.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL`` (like the outbox): it survives a killed process,
-which is what "the command queue survives a gateway restart" needs.
+which is what "the command queue survives a gateway restart" needs. Its transactions begin IMMEDIATE,
+so two gateways sharing one file wait for each other (``busy_timeout``) instead of failing.
 
 :meth:`Database.start` brings the schema to the newest Alembic revision (storage/migrate.py).
 """
@@ -53,12 +54,22 @@ class StorageConfig(StrictModel):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own BEGIN is deferred; _begin_immediate below issues ours instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    """Every SQLite transaction takes the write lock at BEGIN. A deferred transaction that reads and
+    then writes (the audit chain reads its head, then appends) cannot wait for the lock when another
+    process wrote in between: SQLite fails it at once with "database is locked" whatever the busy
+    timeout. Taken at BEGIN, the lock is waited for (busy_timeout) like any other."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -82,6 +93,7 @@ class Database:
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _begin_immediate)
         self.schema = schema
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else pool_threads, thread_name_prefix="twinedge-db"
