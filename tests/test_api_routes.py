@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from gateway.api.app import ApiParts, create_app
 from gateway.api.auth import AuthConfig, Authenticator, load_or_create_secret
@@ -97,6 +98,7 @@ class Api:
     snapshots: MineSnapshots
     hub: WsHub
     tokens: dict[str, str]
+    app: FastAPI
 
     def auth(self, role: str | None) -> dict[str, str]:
         return {} if role is None else {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -134,7 +136,7 @@ async def start_api(tmp_path: Path, anonymous_read: bool = False) -> tuple[Api, 
                                     json={"username": role, "password": PASSWORDS[role], "role": role})
         assert created.status_code == 201, created.text
         tokens[role] = await token(client, role, PASSWORDS[role])
-    return Api(client, state, services, plc, snapshots, hub, tokens), database
+    return Api(client, state, services, plc, snapshots, hub, tokens, app), database
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from gateway.alerts.rules import AlertRuleConfig
 from gateway.alerts.service import AlertService, RuleNotFound, RuleReadOnly
 from gateway.alerts.store import AlertConflict, AlertNotFound, AlertRecord, AlertTransition
 from gateway.api.auth import Authenticator, Principal, client_ip
+from gateway.api.params import PageBefore, RowId
 from gateway.api.state import AssetScope, no_assets_known
 from gateway.storage.audit import Actor
 
@@ -87,7 +88,7 @@ def build_alerts_router(
         state: Annotated[Literal["open", "all"], Query(description="open: active + acknowledged")] = "open",
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        before_id: Annotated[int | None, Query(description="page: smallest id of the previous page")] = None,
+        before_id: PageBefore = None,
     ) -> list[AlertRecord]:
         records = await service.store.list_alerts(open_only=state == "open", asset=asset, limit=limit,
                                                   before_id=before_id, assets=scope(caller.sites))
@@ -95,13 +96,13 @@ def build_alerts_router(
 
     @router.get("/alerts/{alert_id}", response_model=AlertDetail, responses=not_found,
                 summary="One alert with its transitions")
-    async def get_alert(alert_id: int, caller: Viewer) -> AlertDetail:
+    async def get_alert(alert_id: RowId, caller: Viewer) -> AlertDetail:
         record, history = await alert_in_scope(alert_id, caller)
         return AlertDetail(**asdict(record), history=history)
 
     @router.post("/alerts/{alert_id}/ack", response_model=AlertRecord, summary="Acknowledge (operator)",
                  responses={**not_found, 409: {"description": "not active"}})
-    async def acknowledge(alert_id: int, body: AckBody, caller: Operator, request: Request) -> AlertRecord:
+    async def acknowledge(alert_id: RowId, body: AckBody, caller: Operator, request: Request) -> AlertRecord:
         if caller.sites:
             await alert_in_scope(alert_id, caller)
         try:

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from pydantic import BaseModel, Field
 
 from gateway.api.auth import Authenticator, Principal, client_ip
+from gateway.api.params import PageBefore, RowId
 from gateway.api.state import AssetScope, no_assets_known
 from gateway.commands.queue import CommandConflict, CommandQueue, CommandRejected
 from gateway.commands.store import CommandRecord, CommandRequest, CommandState, IdempotencyConflict
@@ -114,7 +115,7 @@ def build_commands_router(
         state: Annotated[list[CommandState] | None, Query(description="repeat for several")] = None,
         asset: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        before_id: int | None = None,
+        before_id: PageBefore = None,
     ) -> list[CommandRecord]:
         records = await queue.list_commands(states=tuple(state or ()), asset=asset, limit=limit,
                                             before_id=before_id, assets=scope(caller.sites))
@@ -122,13 +123,13 @@ def build_commands_router(
 
     @router.get("/api/v1/commands/{command_id}", response_model=CommandRecord,
                 responses={404: {"description": "no such command"}})
-    async def get_command(command_id: int, caller: Viewer) -> CommandRecord:
+    async def get_command(command_id: RowId, caller: Viewer) -> CommandRecord:
         return await command_in_scope(command_id, caller)
 
     @router.post("/api/v1/commands/{command_id}/cancel", response_model=CommandRecord,
                  summary="Cancel a command still PENDING (operator)",
                  responses={404: {"description": "no such command"}, 409: {"description": "not pending"}})
-    async def cancel(command_id: int, caller: Operator, request: Request) -> CommandRecord:
+    async def cancel(command_id: RowId, caller: Operator, request: Request) -> CommandRecord:
         if caller.sites:
             await command_in_scope(command_id, caller)
         try:
@@ -150,7 +151,7 @@ def build_commands_router(
     async def audit_log(
         _: Admin,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        before_id: int | None = None,
+        before_id: PageBefore = None,
         action: Annotated[str | None, Query(description="prefix, e.g. command. or auth.")] = None,
     ) -> list[AuditOut]:
         entries = await audit.entries(limit=limit, before_id=before_id, action_prefix=action)
