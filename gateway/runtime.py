@@ -247,6 +247,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         serial_key=lambda asset: assets[asset].plc if asset in assets else asset,
     )
     consumers.executor, consumers.edge = executor, edge
+    for sink in sinks:
+        if isinstance(sink, SparkplugSink):  # DCMD writes go through the same queue as REST's
+            sink.accept_commands(edge.commands.submit)
     ws = config.api.websocket
     snapshots = MineSnapshots(state, hub, ws.snapshot_period_s, config.api.snapshots_kept)
     alert_mqtt = AlertMqttPublisher(config, assets) if config.sinks.mqtt.enabled else None
@@ -284,7 +287,9 @@ def describe(gateway: Gateway) -> Sequence[str]:
         lines.append(f"  InfluxDB ({influx.api} API): {influx.url} {target}")
     if config.sinks.sparkplug.enabled:
         spb = config.sinks.sparkplug
-        lines.append(f"  Sparkplug B: {spb.url} spBv1.0/{spb.group_id}/+/{spb.edge_node_id or config.gateway.id}/#")
+        node = spb.edge_node_id or config.gateway.id
+        dcmd = " (DCMD writes accepted)" if spb.accept_dcmd else ""
+        lines.append(f"  Sparkplug B: {spb.url} spBv1.0/{spb.group_id}/+/{node}/#{dcmd}")
     if config.api.enabled:
         base = f"http://{config.api.host}:{config.api.port}"
         lines.append(f"  API: {base}/api/v1  docs: {base}/docs  metrics: {base}/metrics")

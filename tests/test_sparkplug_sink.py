@@ -55,7 +55,7 @@ class Received:
     topic: str
     kind: str  # NBIRTH, DBIRTH, DDATA, NDEATH, NCMD, STATE
     device: str | None
-    payload: Payload | None  # None for STATE
+    payload: Payload | None  # None for STATE, and for junk a test sends on purpose
     qos: int
     retain: bool
 
@@ -83,7 +83,11 @@ class Recorder:
             received = Received(msg.topic, "STATE", None, None, msg.qos, bool(msg.retain))
         else:
             device = levels[4] if len(levels) > 4 else None
-            received = Received(msg.topic, levels[2], device, decode_payload(msg.payload), msg.qos, bool(msg.retain))
+            try:
+                payload: Payload | None = decode_payload(msg.payload)
+            except ValueError:
+                payload = None
+            received = Received(msg.topic, levels[2], device, payload, msg.qos, bool(msg.retain))
         with self._lock:
             self._messages.append(received)
 

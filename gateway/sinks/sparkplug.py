@@ -26,6 +26,10 @@ Primary host: with ``primary_host_id`` set, no births and no DATA go out until t
 than the last seen) stops DATA again. The spec's answer to an offline host is to walk to the next broker;
 with one broker there is none, so the node stays connected, buffers, and re-births (same bdSeq) when the
 host is back.
+
+Device commands: with ``accept_dcmd``, the node also subscribes to ``DCMD/<edge_node>/+`` and hands each
+metric to the gateway's command queue as a tag write (:mod:`gateway.sinks.sparkplug_commands`). Off by
+default: whoever may publish to that topic on the broker can then write to PLCs.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from gateway.sinks.mqtt_link import (
     make_client,
 )
 from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
+from gateway.sinks.sparkplug_commands import DeviceCommands, Submit, command_actor
 from gateway.sinks.sparkplug_records import decode_record, encode_records
 from gateway.sinks.sparkplug_session import EdgeNodeSession, next_bdseq
 
@@ -73,6 +78,7 @@ class SparkplugSinkConfig(MqttConnectionConfig):
     primary_host_id: str | None = None  # wait for this host's STATE online before publishing
     batch_max: int = Field(default=500, ge=1)  # DATA messages queued in paho at once
     outbox_max_rows: int = Field(default=100_000, ge=1)
+    accept_dcmd: bool = False  # DCMD metrics become tag writes through the command queue
 
     @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
@@ -103,6 +109,8 @@ class SparkplugSink(OutboxForwarding):
         self.bdseq_path = self.data_dir / "sparkplug" / "bdseq"
         self._ncmd_topic = self.session.topic("NCMD")
         self._state_topic = state_topic(config.primary_host_id) if config.primary_host_id else None
+        self._dcmd_prefix = self.session.topic("DCMD") + "/"
+        self._dcmd = DeviceCommands(self.session, command_actor(config.primary_host_id)) if config.accept_dcmd else None
 
         self._init_forwarding()
         self._client: mqtt.Client | None = None
@@ -145,10 +153,18 @@ class SparkplugSink(OutboxForwarding):
         self._link.start()
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
 
+    def accept_commands(self, submit: Submit) -> None:
+        """Where DCMD writes go (the command queue's ``submit``); the queue is built after the sinks.
+        Without ``accept_dcmd`` this does nothing: DCMD is not even subscribed."""
+        if self._dcmd is not None:
+            self._dcmd.submit = submit
+
     async def write(self, batch: Sequence[Reading]) -> None:
         if self._outbox is None:
             raise RuntimeError("SparkplugSink.write() before start()")
         if batch:
+            if self._dcmd is not None:
+                self._dcmd.learn(batch)
             await self._outbox.append(encode_records(batch))
             self._wake.set()
 
@@ -156,6 +172,8 @@ class SparkplugSink(OutboxForwarding):
         if self._closed:
             return
         self._closed = True
+        if self._dcmd is not None:
+            await self._dcmd.close()
         await self._stop_forwarding(drain=self._publishing())  # nothing drains while unborn
         if self._client is not None and self._connected:
             # §3.1: an intentional disconnect publishes the NDEATH first; the DISCONNECT queued behind it
@@ -286,6 +304,8 @@ class SparkplugSink(OutboxForwarding):
         self._link.reset_backoff()
         # Subscribed before NBIRTH goes out on the same connection, so no command after it is missed.
         client.subscribe(self._ncmd_topic, qos=0)
+        if self._dcmd is not None:
+            client.subscribe(self.session.topic("DCMD", "+"), qos=0)
         if self._state_topic is not None:
             self._host_online = False  # until the retained STATE says otherwise
             client.subscribe(self._state_topic, qos=1)
@@ -329,6 +349,8 @@ class SparkplugSink(OutboxForwarding):
                 self._wake.set()
         elif msg.topic == self._state_topic:
             self._on_state(bytes(msg.payload))
+        elif self._dcmd is not None and msg.topic.startswith(self._dcmd_prefix) and not self._closed:
+            self._dcmd.on_dcmd(msg.topic.removeprefix(self._dcmd_prefix), bytes(msg.payload))
 
     def _on_state(self, payload: bytes) -> None:
         state = parse_state(payload)

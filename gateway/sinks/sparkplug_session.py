@@ -16,7 +16,7 @@ the messages it gets back, in order.
   (say Int64 to Double) makes the device's next message a DBIRTH before its DDATA: a host must know a
   metric's alias and datatype before DATA uses them. The DBIRTH carries the sample that caused it.
 - Aliases are unique across the edge node and stable for the life of the process: 1 and 2 are the node
-  metrics, devices' metrics count from 3.
+  metrics, devices' metrics count from 3. Commands (NCMD, DCMD) may address a metric by either.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class _Device:
     metrics: dict[str, _MetricState] = field(default_factory=dict)
     born: bool = False  # a DBIRTH with every current metric went out in this node session
     online: bool = False  # announced by a DBIRTH and not dead since; a new device is not, until it answers
+    announced: bool = False  # a DBIRTH went out at some time in this process: hosts know its metrics
 
 
 def _communication_lost(samples: Sequence[Sample]) -> bool:
@@ -186,12 +187,29 @@ class EdgeNodeSession:
             (m.name == REBIRTH or m.alias == REBIRTH_ALIAS) and m.value is True for m in decode_payload(payload).metrics
         )
 
+    def knows_device(self, device_id: str) -> bool:
+        """Whether a DBIRTH of ``device_id`` went out in this process (a host may address it in a DCMD)."""
+        device = self._devices.get(device_id)
+        return device is not None and device.announced
+
+    def device_tag(self, device_id: str, name: str | None, alias: int | None) -> str | None:
+        """The tag a command metric of ``device_id`` means: by name, else by the alias its DBIRTH gave it
+        (§3.1: a command uses one or the other). None when the device has no such metric."""
+        device = self._devices.get(device_id)
+        if device is None or not device.announced:
+            return None
+        if name is not None:
+            return name if name in device.metrics else None
+        if alias is None:
+            return None
+        return next((tag for tag, m in device.metrics.items() if m.alias == alias), None)
+
     def _dbirth(self, device_id: str, device: _Device, now_ms: int) -> Message:
         metrics = [
             Metric(m.ts_ms, m.value, m.datatype, name=tag, alias=m.alias, properties=quality_properties(m.status))
             for tag, m in device.metrics.items()
         ]
-        device.born = True
+        device.born = device.announced = True
         return Message(self.topic("DBIRTH", device_id), encode_payload(now_ms, metrics, self._next_seq()))
 
     def _next_seq(self) -> int:

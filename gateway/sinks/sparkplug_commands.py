@@ -1,0 +1,124 @@
+"""Sparkplug B device commands (DCMD) as gateway commands: how a SCADA host writes a tag.
+
+A host publishes ``spBv1.0/<group>/DCMD/<edge_node>/<device>`` with metrics named, or aliased as the
+device's DBIRTH announced them, and the values to write. Each metric becomes one ``write``
+:class:`CommandRequest` handed to the command queue, exactly as a REST client's would be: validation
+against the tag table and ranges, per-PLC ordering, the audit log and the read-back all apply, and the
+new value then reaches the host as DDATA like any other change. Nothing here writes to a PLC itself.
+
+Only devices and metrics this node has birthed are addressable: a host can only know those, and anything
+else (or a payload that is not Sparkplug B, or a metric without a value) is logged and dropped, since a
+command channel must never stop the sink that publishes the plant's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from pydantic import ValidationError
+
+from gateway.commands.queue import CommandRejected
+from gateway.commands.store import WRITE, CommandRequest
+from gateway.encoders.sparkplug_b import decode_payload, sanitize_id
+from gateway.readings import Reading
+from gateway.sinks.sparkplug_session import EdgeNodeSession
+from gateway.storage.audit import Actor
+
+log = logging.getLogger(__name__)
+
+# CommandQueue.submit, or a stand-in: raises CommandRejected when the request is invalid for its target.
+Submit = Callable[[CommandRequest, Actor], Awaitable[object]]
+
+
+def command_actor(primary_host_id: str | None) -> Actor:
+    """Who the audit log shows as the author of a DCMD: the primary host when one is configured (it is the
+    host meant to send commands), else just the MQTT channel. Operator: a DCMD is a tag write."""
+    return Actor(f"sparkplug:{primary_host_id or 'mqtt'}", ("operator",), None, "mqtt")
+
+
+class DeviceCommands:
+    """Turns the DCMDs of one edge node into submitted commands. Runs on the event loop (paho's callbacks
+    do, see :mod:`gateway.sinks.mqtt_link`), so it never awaits: submissions run as tasks."""
+
+    def __init__(self, session: EdgeNodeSession, actor: Actor) -> None:
+        self.session = session
+        self.actor = actor
+        self.submit: Submit | None = None  # set once the command queue exists (after the sink is built)
+        # device id -> asset ids: the reverse of sanitize_id, which is not one-to-one ("a/b" and "a_b").
+        self._assets: dict[str, set[str]] = {}
+        self._known: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tail: asyncio.Task[None] | None = None  # the newest submission: the next one waits for it
+
+    def learn(self, batch: Sequence[Reading]) -> None:
+        """Remember the asset ids behind the device ids of a batch the sink is about to publish."""
+        for asset in {r.asset for r in batch} - self._known:
+            self._known.add(asset)
+            self._assets.setdefault(sanitize_id(asset), set()).add(asset)
+
+    def on_dcmd(self, device_id: str, data: bytes) -> None:
+        try:
+            payload = decode_payload(data)
+        except ValueError as exc:
+            log.warning("sparkplug: ignoring a DCMD for %s that is not Sparkplug B: %s", device_id, exc)
+            return
+        if self.submit is None:
+            log.warning("sparkplug: ignoring a DCMD for %s: no command queue to write through", device_id)
+            return
+        assets = self._assets.get(device_id, set())
+        if not assets or not self.session.knows_device(device_id):
+            log.warning("sparkplug: ignoring a DCMD for unknown device %s", device_id)
+            return
+        if len(assets) > 1:
+            log.warning("sparkplug: ignoring a DCMD for device %s: it stands for assets %s",
+                        device_id, ", ".join(sorted(assets)))
+            return
+        (asset,) = assets
+        requests = []
+        for metric in payload.metrics:
+            label = metric.name if metric.name is not None else f"alias {metric.alias}"
+            tag = self.session.device_tag(device_id, metric.name, metric.alias)
+            if tag is None:
+                log.warning("sparkplug: ignoring DCMD metric %s: device %s has no such metric", label, device_id)
+            elif metric.value is None:
+                log.warning("sparkplug: ignoring DCMD metric %s of device %s: no value", label, device_id)
+            else:
+                try:
+                    requests.append(CommandRequest(asset=asset, command=WRITE, tag=tag, value=metric.value))
+                except ValidationError as exc:
+                    log.warning("sparkplug: ignoring DCMD metric %s of device %s: %s", label, device_id, exc)
+        if requests:
+            self._schedule(requests)
+
+    def _schedule(self, requests: list[CommandRequest]) -> None:
+        # Chained behind the previous DCMD's task: the queue orders what it is given, so submissions must
+        # reach it in the order the host sent them.
+        task = asyncio.create_task(self._submit_all(self._tail, requests), name="sparkplug-dcmd")
+        self._tail = task
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _submit_all(self, previous: asyncio.Task[None] | None, requests: list[CommandRequest]) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        submit = self.submit
+        assert submit is not None  # checked before scheduling, never unset
+        for request in requests:
+            target = f"{request.asset}.{request.tag} = {request.value!r}"
+            try:
+                await submit(request, self.actor)
+            except CommandRejected as exc:  # the queue has audited it
+                log.warning("sparkplug: DCMD write %s rejected: %s", target, exc.reason)
+            except Exception:
+                log.exception("sparkplug: DCMD write %s could not be submitted", target)
+            else:
+                log.info("sparkplug: DCMD write %s submitted", target)
+
+    async def close(self) -> None:
+        """Drop submissions not made yet: the command queue stops before the sinks do."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
