@@ -18,6 +18,7 @@ from gateway.commands.queue import CommandRejected
 from gateway.commands.store import CommandRequest
 from gateway.encoders.sparkplug_b import REBIRTH, DataType, Metric, encode_payload
 from gateway.sinks.sparkplug import SparkplugSink
+from gateway.sinks.sparkplug_commands import MAX_PENDING_DCMDS
 from gateway.storage.audit import Actor
 from tests.fixtures.servers import MosquittoServer
 from tests.test_mqtt_sink import wait_for
@@ -163,3 +164,36 @@ async def test_dcmd_without_a_command_queue_is_ignored(
     finally:
         await sink.close()
         rec.close()
+
+
+class Held(Submitted):
+    """A queue that does not answer until ``release`` is set: DCMDs pile up in front of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: CommandRequest, actor: Actor) -> object:
+        await self.release.wait()
+        return await super().__call__(request, actor)
+
+
+async def test_dcmds_waiting_for_the_queue_are_bounded(
+        mosquitto_server: MosquittoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rec = await start_recorder(mosquitto_server)
+    submit = Held()
+    sink = await born_sink(mosquitto_server, tmp_path, rec, submit, accept_dcmd=True)
+    extra = 5
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.sinks.sparkplug_commands"):
+            for n in range(MAX_PENDING_DCMDS + extra):
+                await send(rec, dcmd(Metric(None, float(n % 10), DataType.DOUBLE, name="speed")))
+            await wait_for(lambda: sum("dropping a DCMD" in r.getMessage() for r in caplog.records) == extra,
+                           10, "the DCMDs beyond the bound dropped")
+        submit.release.set()
+        await wait_for(lambda: len(submit.calls) == MAX_PENDING_DCMDS, 10, "the waiting DCMDs submitted")
+    finally:
+        await sink.close()
+        rec.close()
+    # The first MAX_PENDING_DCMDS went through, in order; the rest were refused, not queued.
+    assert [request.value for request, _ in submit.calls] == [float(n % 10) for n in range(MAX_PENDING_DCMDS)]

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # CommandQueue.submit, or a stand-in: raises CommandRejected when the request is invalid for its target.
 Submit = Callable[[CommandRequest, Actor], Awaitable[object]]
 
+# DCMDs taken in but not yet handed to the queue (each waits for the one before it). A host that sends
+# faster than the queue stores must not grow memory without bound: beyond this, DCMDs are dropped,
+# counted and logged.
+MAX_PENDING_DCMDS = 64
+
 
 def command_actor(primary_host_id: str | None) -> Actor:
     """Who the audit log shows as the author of a DCMD: the primary host when one is configured (it is the
@@ -51,6 +56,7 @@ class DeviceCommands:
         self._known: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tail: asyncio.Task[None] | None = None  # the newest submission: the next one waits for it
+        self.dropped = 0  # DCMDs refused because MAX_PENDING_DCMDS were still waiting
 
     def learn(self, batch: Sequence[Reading]) -> None:
         """Remember the asset ids behind the device ids of a batch the sink is about to publish."""
@@ -89,8 +95,14 @@ class DeviceCommands:
                     requests.append(CommandRequest(asset=asset, command=WRITE, tag=tag, value=metric.value))
                 except ValidationError as exc:
                     log.warning("sparkplug: ignoring DCMD metric %s of device %s: %s", label, device_id, exc)
-        if requests:
-            self._schedule(requests)
+        if not requests:
+            return
+        if len(self._tasks) >= MAX_PENDING_DCMDS:
+            self.dropped += 1
+            log.warning("sparkplug: dropping a DCMD for %s: %d DCMDs still wait for the command queue "
+                        "(%d dropped so far)", device_id, len(self._tasks), self.dropped)
+            return
+        self._schedule(requests)
 
     def _schedule(self, requests: list[CommandRequest]) -> None:
         # Chained behind the previous DCMD's task: the queue orders what it is given, so submissions must
