@@ -73,10 +73,13 @@ class MqttConnectionConfig(BaseModel):
         return v
 
 
-def make_client(config: MqttConnectionConfig, client_id: str, *, clean_start: CleanStartOption) -> mqtt.Client:
+def make_client(
+    config: MqttConnectionConfig, client_id: str, *, clean_start: CleanStartOption, paho_inflight: int = 20
+) -> mqtt.Client:
     """A paho client for ``config``, not connected. Blocking (``tls_set`` reads certificate files): call
     it off the loop. ``clean_start`` is paho's MQTT 5 option (``MQTT_CLEAN_START_FIRST_ONLY`` or a bool);
-    MQTT 3.1.1 always gets a clean session."""
+    MQTT 3.1.1 always gets a clean session. ``paho_inflight`` is paho's own QoS 1/2 window (20 is its
+    default; 0 = none, for an owner that keeps the window itself); paho fixes it before connecting."""
     protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
     # reconnect_on_failure=False: MqttLink owns reconnects. Left on, paho would also reconnect inline,
     # with a blocking connect on the event loop, when a broker refuses the protocol version.
@@ -92,6 +95,7 @@ def make_client(config: MqttConnectionConfig, client_id: str, *, clean_start: Cl
         client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
     port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     # Only records the endpoint for MqttLink's reconnect(); no I/O.
+    client.max_inflight_messages_set(paho_inflight)
     client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=config.keepalive_s, clean_start=clean_start)
     return client
 
