@@ -249,7 +249,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     consumers.executor, consumers.edge = executor, edge
     for sink in sinks:
         if isinstance(sink, SparkplugSink):  # DCMD writes go through the same queue as REST's
-            sink.accept_commands(edge.commands.submit)
+            sink.accept_commands(edge.commands.submit, assets.keys())
     ws = config.api.websocket
     snapshots = MineSnapshots(state, hub, ws.snapshot_period_s, config.api.snapshots_kept)
     alert_mqtt = AlertMqttPublisher(config, assets) if config.sinks.mqtt.enabled else None

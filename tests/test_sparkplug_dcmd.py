@@ -2,6 +2,8 @@
 becomes exactly the write CommandRequest it stands for; what cannot be mapped is logged and dropped; the
 queue's rejection is logged; with ``accept_dcmd`` off nothing is taken in. The command queue itself is
 tested elsewhere: here a recording ``submit`` stands in for it. Every wait is on a condition with a deadline.
+The mapping of device ids back to the asset ids given at wiring (collisions included) is tested without a
+broker, on :class:`DeviceCommands` and a session directly.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from gateway.commands.queue import CommandRejected
 from gateway.commands.store import CommandRequest
 from gateway.encoders.sparkplug_b import REBIRTH, DataType, Metric, encode_payload
 from gateway.sinks.sparkplug import SparkplugSink
-from gateway.sinks.sparkplug_commands import MAX_PENDING_DCMDS
+from gateway.sinks.sparkplug_commands import MAX_PENDING_DCMDS, DeviceCommands, command_actor
+from gateway.sinks.sparkplug_records import Sample
+from gateway.sinks.sparkplug_session import EdgeNodeSession
 from gateway.storage.audit import Actor
 from tests.fixtures.servers import MosquittoServer
 from tests.test_mqtt_sink import wait_for
@@ -54,7 +58,7 @@ async def born_sink(server: MosquittoServer, tmp_path: Path, rec: Recorder, subm
                     **cfg: Any) -> SparkplugSink:
     """A started sink with ``ASSET`` born (speed: Double, running: Boolean) and ``submit`` wired."""
     sink = make_sink(server.url, tmp_path, **cfg)
-    sink.accept_commands(submit)
+    sink.accept_commands(submit, [ASSET])
     await sink.start()
     await wait_for(lambda: bool(rec.of("NBIRTH")), 5, "NBIRTH")
     await sink.write([reading(1, "speed", asset=ASSET, value=3.5), reading(1, "running", asset=ASSET, value=True)])
@@ -197,3 +201,71 @@ async def test_dcmds_waiting_for_the_queue_are_bounded(
         rec.close()
     # The first MAX_PENDING_DCMDS went through, in order; the rest were refused, not queued.
     assert [request.value for request, _ in submit.calls] == [float(n % 10) for n in range(MAX_PENDING_DCMDS)]
+
+
+# -- device id -> asset id, without a broker ----------------------------------------------------------------
+
+
+def birth(session: EdgeNodeSession, device: str) -> None:
+    """Announce ``device`` with one metric, ``speed``, as the sink would on its first record."""
+    session.data(device, [Sample("speed", 1.0, 0, 1)], historical=False, now_ms=1)
+
+
+async def settled(commands: DeviceCommands) -> None:
+    """Let the submissions scheduled so far run (each waits for the one before it)."""
+    while commands._tasks:
+        await asyncio.wait(list(commands._tasks))
+
+
+async def test_device_ids_map_to_the_assets_given_at_wiring(caplog: pytest.LogCaptureFixture) -> None:
+    """The map is built once from the wired asset ids; an asset written only later is addressable once
+    birthed, with no further learning; a device id of no wired asset stays unknown even when birthed."""
+    session = EdgeNodeSession(GROUP, NODE)
+    commands = DeviceCommands(session, command_actor(None))
+    submit = Submitted()
+    commands.accept(submit, iter([ASSET, "late#1"]))  # any iterable, read once (runtime passes dict keys)
+    session.births(0)
+    write = dcmd(Metric(None, 2.0, DataType.DOUBLE, name="speed"))
+    with caplog.at_level(logging.WARNING, logger="gateway.sinks.sparkplug_commands"):
+        commands.on_dcmd("late_1", write)  # wired, but not birthed yet: a host cannot know it
+        birth(session, DEVICE)
+        birth(session, "late_1")
+        birth(session, "stranger")
+        commands.on_dcmd(DEVICE, write)
+        commands.on_dcmd("late_1", write)
+        commands.on_dcmd("stranger", write)
+        await settled(commands)
+    assert [request for request, _ in submit.calls] == [
+        CommandRequest(asset=ASSET, command="write", tag="speed", value=2.0),
+        CommandRequest(asset="late#1", command="write", tag="speed", value=2.0),
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "sparkplug: ignoring a DCMD for unknown device late_1",
+        "sparkplug: ignoring a DCMD for unknown device stranger",
+    ]
+
+
+async def test_a_device_id_of_two_assets_is_reported_at_wiring_and_refused(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Pump/2`` and ``Pump+2`` both publish as device ``Pump_2``: a DCMD for it could mean either, so it
+    is refused (never guessed); the collision is logged once at wiring. Other devices are unaffected."""
+    session = EdgeNodeSession(GROUP, NODE)
+    commands = DeviceCommands(session, command_actor(None))
+    submit = Submitted()
+    with caplog.at_level(logging.WARNING, logger="gateway.sinks.sparkplug_commands"):
+        commands.accept(submit, ["Pump+2", ASSET, "Pump+2", "conveyor-01"])  # a repeated id is no collision
+        session.births(0)
+        birth(session, DEVICE)
+        birth(session, "conveyor-01")
+        commands.on_dcmd(DEVICE, dcmd(Metric(None, 2.0, DataType.DOUBLE, name="speed")))
+        commands.on_dcmd("conveyor-01", dcmd(Metric(None, 3.0, DataType.DOUBLE, name="speed")))
+        await settled(commands)
+    assert [request for request, _ in submit.calls] == [
+        CommandRequest(asset="conveyor-01", command="write", tag="speed", value=3.0),
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"sparkplug: assets Pump+2, {ASSET} share device id {DEVICE} (their data merge there); "
+        "DCMDs for it will be ignored",
+        f"sparkplug: ignoring a DCMD for device {DEVICE}: it stands for assets Pump+2, {ASSET}",
+    ]

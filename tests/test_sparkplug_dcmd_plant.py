@@ -1,10 +1,12 @@
 """DCMD end to end through the runtime's wiring: a Sparkplug host writes a setpoint of a simulated PLC by
 alias; the command queue validates, audits and executes it, the read-back completes it, and the new value
-comes back to the host in the node's DATA. An out-of-range DCMD is refused and audited, and changes nothing."""
+comes back to the host in the node's DATA. An out-of-range DCMD is refused and audited, and changes nothing.
+The runtime hands the sink the asset ids of hand-listed sources too."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -125,3 +127,23 @@ async def test_dcmd_out_of_range_is_refused_and_audited(running: Running) -> Non
         await asyncio.sleep(0.05)
     assert running.commands == {}
     assert running.setpoint() == before
+
+
+def test_runtime_wires_the_assets_of_hand_listed_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Assets with no catalogue (tags listed in the source) reach the DCMD map at build: two whose device ids
+    collide are reported then, before any reading exists. Nothing is started."""
+    tags = [{"asset": asset, "key": "speed", "table": "holding_register", "address": n, "datatype": "uint16",
+             "access": "rw"} for n, asset in enumerate(["pump/1", "pump#1", "pump-2"])]
+    config = GatewayConfig.model_validate({
+        "gateway": {"id": NODE, "data_dir": str(tmp_path)},
+        "sources": [{"name": "hand", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(), "tags": tags}],
+        "sinks": {"mqtt": {"enabled": False},
+                  "sparkplug": {"enabled": True, "url": "mqtt://127.0.0.1:1883", "accept_dcmd": True}},
+        "api": {"enabled": False},
+    })
+    with caplog.at_level(logging.WARNING, logger="gateway.sinks.sparkplug_commands"):
+        build_gateway(config)
+    assert [r.getMessage() for r in caplog.records] == [
+        "sparkplug: assets pump#1, pump/1 share device id pump_1 (their data merge there); DCMDs for it will be "
+        "ignored",
+    ]

@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,18 +153,17 @@ class SparkplugSink(OutboxForwarding):
         self._link.start()
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
 
-    def accept_commands(self, submit: Submit) -> None:
-        """Where DCMD writes go (the command queue's ``submit``); the queue is built after the sinks.
-        Without ``accept_dcmd`` this does nothing: DCMD is not even subscribed."""
+    def accept_commands(self, submit: Submit, assets: Iterable[str]) -> None:
+        """Where DCMD writes go (the command queue's ``submit``; the queue is built after the sinks), and every
+        asset id the gateway reads, to map DCMD device ids back to assets. Without ``accept_dcmd`` this does
+        nothing: DCMD is not even subscribed."""
         if self._dcmd is not None:
-            self._dcmd.submit = submit
+            self._dcmd.accept(submit, assets)
 
     async def write(self, batch: Sequence[Reading]) -> None:
         if self._outbox is None:
             raise RuntimeError("SparkplugSink.write() before start()")
         if batch:
-            if self._dcmd is not None:
-                self._dcmd.learn(batch)
             await self._outbox.append(encode_records(batch))
             self._wake.set()
 

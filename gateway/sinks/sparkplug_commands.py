@@ -9,20 +9,24 @@ new value then reaches the host as DDATA like any other change. Nothing here wri
 Only devices and metrics this node has birthed are addressable: a host can only know those, and anything
 else (or a payload that is not Sparkplug B, or a metric without a value) is logged and dropped, since a
 command channel must never stop the sink that publishes the plant's data.
+
+A device id is the asset id made topic-safe (:func:`sanitize_id`), which is not one-to-one: ``a/b`` and
+``a_b`` are both device ``a_b``. The gateway's assets are fixed when it is built (catalogue and sources
+are read once), so the reverse map is made once, when the command queue is wired in; a device id that
+stands for two assets is reported then, and its DCMDs are refused rather than guessed at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 
 from pydantic import ValidationError
 
 from gateway.commands.queue import CommandRejected
 from gateway.commands.store import WRITE, CommandRequest
 from gateway.encoders.sparkplug_b import decode_payload, sanitize_id
-from gateway.readings import Reading
 from gateway.sinks.sparkplug_session import EdgeNodeSession
 from gateway.storage.audit import Actor
 
@@ -50,19 +54,27 @@ class DeviceCommands:
     def __init__(self, session: EdgeNodeSession, actor: Actor) -> None:
         self.session = session
         self.actor = actor
-        self.submit: Submit | None = None  # set once the command queue exists (after the sink is built)
-        # device id -> asset ids: the reverse of sanitize_id, which is not one-to-one ("a/b" and "a_b").
-        self._assets: dict[str, set[str]] = {}
-        self._known: set[str] = set()
+        self.submit: Submit | None = None  # set by accept, once the command queue exists (after the sink)
+        # device id -> its asset id, and the device ids that stand for more than one asset (-> those assets).
+        self._asset_of: dict[str, str] = {}
+        self._ambiguous: dict[str, tuple[str, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tail: asyncio.Task[None] | None = None  # the newest submission: the next one waits for it
         self.dropped = 0  # DCMDs refused because MAX_PENDING_DCMDS were still waiting
 
-    def learn(self, batch: Sequence[Reading]) -> None:
-        """Remember the asset ids behind the device ids of a batch the sink is about to publish."""
-        for asset in {r.asset for r in batch} - self._known:
-            self._known.add(asset)
-            self._assets.setdefault(sanitize_id(asset), set()).add(asset)
+    def accept(self, submit: Submit, assets: Iterable[str]) -> None:
+        """Take DCMDs from now on: write through ``submit``, for ``assets`` (every asset id the gateway reads;
+        none can appear later, so this is the whole reverse map of device ids)."""
+        by_device: dict[str, set[str]] = {}
+        for asset in assets:
+            by_device.setdefault(sanitize_id(asset), set()).add(asset)
+        self._asset_of = {device: next(iter(ids)) for device, ids in by_device.items() if len(ids) == 1}
+        self._ambiguous = {device: tuple(sorted(ids)) for device, ids in by_device.items() if len(ids) > 1}
+        for device, ids in sorted(self._ambiguous.items()):
+            # Said once here, where it can be fixed (rename an asset); each refused DCMD is logged too.
+            log.warning("sparkplug: assets %s share device id %s (their data merge there); DCMDs for it will be "
+                        "ignored", ", ".join(ids), device)
+        self.submit = submit
 
     def on_dcmd(self, device_id: str, data: bytes) -> None:
         try:
@@ -73,15 +85,14 @@ class DeviceCommands:
         if self.submit is None:
             log.warning("sparkplug: ignoring a DCMD for %s: no command queue to write through", device_id)
             return
-        assets = self._assets.get(device_id, set())
-        if not assets or not self.session.knows_device(device_id):
+        asset = self._asset_of.get(device_id)
+        if not self.session.knows_device(device_id) or (asset is None and device_id not in self._ambiguous):
             log.warning("sparkplug: ignoring a DCMD for unknown device %s", device_id)
             return
-        if len(assets) > 1:
+        if asset is None:
             log.warning("sparkplug: ignoring a DCMD for device %s: it stands for assets %s",
-                        device_id, ", ".join(sorted(assets)))
+                        device_id, ", ".join(self._ambiguous[device_id]))
             return
-        (asset,) = assets
         requests = []
         for metric in payload.metrics:
             label = metric.name if metric.name is not None else f"alias {metric.alias}"
