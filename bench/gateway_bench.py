@@ -239,6 +239,7 @@ class Layout:
     interval_ms: int
     protocols: tuple[str, ...]
     modbus_connections: int = 1  # the Modbus sources' `connections`
+    modbus_pipeline: int = 1  # and their `pipeline`
 
     def conveyors(self, protocol: str) -> int:
         if protocol not in self.protocols:
@@ -281,7 +282,8 @@ def plant_config(layout: Layout, data_dir: Path) -> dict[str, Any]:
 def gateway_config(layout: Layout, data_dir: Path, catalogue: Path, mqtt_port: int, influx_url: str,
                    api_port: int) -> dict[str, Any]:
     sources = [{"name": f"{plc_id}-{protocol}", "protocol": protocol, "plc": plc_id, "interval_ms": layout.interval_ms}
-               | ({"connections": layout.modbus_connections} if protocol == "modbus" else {})
+               | ({"connections": layout.modbus_connections, "pipeline": layout.modbus_pipeline}
+                  if protocol == "modbus" else {})
                for protocol in PROTOCOLS for plc_id, _ in layout.plcs(protocol)]
     return {"gateway": {"id": "gw-bench", "data_dir": str(data_dir), "catalogue": str(catalogue)},
             "sources": sources,
@@ -365,8 +367,8 @@ def watch(children: list[Child], seconds: float) -> None:
 
 
 def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protocols: tuple[str, ...],
-             drain_s: float, keep: bool, modbus_connections: int = 1) -> dict[str, Any]:
-    layout = Layout(rate, interval_ms, protocols, modbus_connections)
+             drain_s: float, keep: bool, modbus_connections: int = 1, modbus_pipeline: int = 1) -> dict[str, Any]:
+    layout = Layout(rate, interval_ms, protocols, modbus_connections, modbus_pipeline)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     result: dict[str, Any] = {"rate_target": rate, "duration_s": duration, "warmup_s": warmup,
                               "interval_ms": interval_ms, "load_before": os.getloadavg(),
@@ -542,6 +544,8 @@ def main() -> int:
     parser.add_argument("--protocol", choices=("both", *PROTOCOLS), default="both")
     parser.add_argument("--modbus-connections", type=int, default=1,
                         help="TCP connections per Modbus source (the source's `connections` key)")
+    parser.add_argument("--modbus-pipeline", type=int, default=1,
+                        help="requests outstanding per Modbus connection (the source's `pipeline` key)")
     parser.add_argument("--drain", type=float, default=300.0, help="max s to wait for the outboxes (%(default)s)")
     parser.add_argument("--sweep", action="store_true", help="short runs at " + ", ".join(map(str, SWEEP_RATES)))
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -556,7 +560,7 @@ def main() -> int:
     for rate in (SWEEP_RATES if args.sweep else (args.rate,)):
         try:
             result = run_once(rate, duration, warmup, args.interval_ms, protocols, args.drain, args.keep,
-                              args.modbus_connections)
+                              args.modbus_connections, args.modbus_pipeline)
         except (RuntimeError, TimeoutError, OSError) as exc:
             if not args.sweep:
                 raise

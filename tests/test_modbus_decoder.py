@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,10 +46,15 @@ def _same(a: codec.Value, b: codec.Value) -> bool:
 @given(register_request())
 def test_registers_decode_like_the_codec(request: tuple[list[PointLayout], list[int]]) -> None:
     points, registers = request
-    decoded = RequestDecoder(points, bits=False, size=len(registers)).decode(registers)
+    decoder = RequestDecoder(points, bits=False, size=len(registers))
+    decoded = decoder.decode(registers)
     assert decoded is not None
     expected = _per_point(points, registers)
     assert all(_same(a, b) for a, b in zip(decoded, expected, strict=True)), (decoded, expected)
+    # The pipelined path hands over the answer's bytes as they arrived (big-endian registers).
+    from_bytes = decoder.decode_bytes(struct.pack(f">{len(registers)}H", *registers))
+    assert from_bytes is not None
+    assert all(_same(a, b) for a, b in zip(from_bytes, expected, strict=True)), (from_bytes, expected)
 
 
 @given(st.lists(st.booleans(), min_size=1, max_size=40), st.data())
@@ -56,8 +62,13 @@ def test_bits_decode_like_the_codec(bits: list[bool], data: st.DataObject) -> No
     starts = data.draw(st.lists(st.integers(0, len(bits) - 1), min_size=1, max_size=10))
     points = [PointLayout(s, 1, "bool") for s in starts]
     padded = bits + [False] * (-len(bits) % 8)  # pymodbus pads bits to whole bytes
-    assert RequestDecoder(points, bits=True, size=len(bits)).decode(padded) == [
-        codec.decode_bits(bits[s : s + 1]) for s in starts]
+    decoder = RequestDecoder(points, bits=True, size=len(bits))
+    expected = [codec.decode_bits(bits[s : s + 1]) for s in starts]
+    assert decoder.decode(padded) == expected
+    # As they arrive on the wire: eight bits a byte, the first in the least significant bit.
+    wire = bytes(sum(int(b) << i for i, b in enumerate(padded[at : at + 8])) for at in range(0, len(padded), 8))
+    assert decoder.decode_bytes(wire) == expected
+    assert decoder.decode_bytes(wire[:-1]) is None  # a byte short
 
 
 def test_responses_it_cannot_take_whole_go_back_point_by_point() -> None:
@@ -65,6 +76,8 @@ def test_responses_it_cannot_take_whole_go_back_point_by_point() -> None:
     assert registers.decode([0x1_0000, 0]) is None  # not a 16-bit register: the codec names the point
     assert registers.decode([0x42F6]) is None  # a short response
     assert registers.decode([0x42F6, 0xE979]) == [struct_float(0x42F6E979)]
+    assert registers.decode_bytes(bytes.fromhex("42f6")) is None  # a short answer
+    assert registers.decode_bytes(bytes.fromhex("42f6e979")) == [struct_float(0x42F6E979)]
     wrong_width = RequestDecoder([PointLayout(0, 1, "float32")], bits=False, size=1)
     assert wrong_width.decode([1]) is None  # the codec raises for a 1-register float32
     assert RequestDecoder([PointLayout(0, 2, "bool")], bits=True, size=2).decode([True, False]) is None

@@ -1,9 +1,13 @@
-"""ModbusSource against a real pymodbus server on a free loopback port (no fixed sleeps)."""
+"""ModbusSource against a real pymodbus server on a free loopback port (no fixed sleeps).
+
+Most tests run twice: through pymodbus (``pipeline`` 1) and pipelined (``pipeline`` 8, the source's own
+framing, modbus_pipeline.py); the same server answers both."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +16,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from devices.modbus.protocol import ILLEGAL_ADDRESS, RequestHandler, exception_pdu
+from devices.modbus.server import ModbusTcpServer as PlantModbusServer
 from gateway.catalogue import parse_catalogue
 from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
 from gateway.sources import ModbusSource, ModbusSourceConfig, SourceError
@@ -78,6 +84,10 @@ class ModbusTestServer:
                 return self.fail[(function_code, a)]
         return None
 
+    def delay(self, seconds: float) -> None:
+        """Answer every request ``seconds`` late (0: at once)."""
+        self.delay_s = seconds
+
     async def start(self) -> None:
         device = SimDevice(
             id=1,
@@ -98,9 +108,77 @@ class ModbusTestServer:
             self._server = None
 
 
+class TablesHandler(RequestHandler):
+    """The same four tables behind the plant's own Modbus server, which (unlike pymodbus 3.16's, which
+    answers only the first request of a TCP segment) answers pipelined requests."""
+
+    def __init__(self, owner: ModbusTestServer) -> None:  # no plant image: tables only
+        self.owner = owner  # its ``fail`` is read per request: tests replace it
+        self.tables: dict[int, list[int]] = {
+            1: [int(b) for b in COILS], 2: [int(b) for b in DISCRETE_INPUTS],
+            3: list(HOLDING_REGISTERS), 4: list(INPUT_REGISTERS),
+        }
+
+    def handle(self, unit_id: int, pdu: bytes) -> bytes:
+        function, address, count = struct.unpack_from(">BHH", pdu)
+        table = {5: 1, 6: 3, 16: 3}.get(function, function)
+        values = self.tables[table]
+        if function == 5:
+            values[address] = int(count == 0xFF00)
+            return pdu
+        if function == 6:
+            values[address] = count
+            return pdu
+        fail = self.owner.fail
+        refused = next((fail[(function, a)] for a in range(address, address + count) if (function, a) in fail), None)
+        if refused is not None:
+            return exception_pdu(function, int(refused))
+        if address + count > len(values):
+            return exception_pdu(function, ILLEGAL_ADDRESS)
+        if function == 16:
+            values[address:address + count] = struct.unpack_from(f">{count}H", pdu, 6)
+            return pdu[:5]
+        chunk = values[address:address + count]
+        if function in (1, 2):
+            data = bytes(sum(bit << i for i, bit in enumerate(chunk[at:at + 8])) for at in range(0, count, 8))
+        else:
+            data = struct.pack(f">{count}H", *chunk)
+        return bytes((function, len(data))) + data
+
+
+class PipeliningTestServer(ModbusTestServer):
+    """ModbusTestServer's tables, failures and delay on the plant's Modbus server."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self._plant: PlantModbusServer | None = None
+
+    async def start(self) -> None:
+        self._plant = PlantModbusServer(TablesHandler(self), "127.0.0.1", self.port)
+        await self._plant.start()
+
+    async def stop(self) -> None:
+        if self._plant is not None:
+            await self._plant.close()
+            self._plant = None
+
+    def delay(self, seconds: float) -> None:
+        super().delay(seconds)
+        if self._plant is not None:
+            if seconds:
+                self._plant.faults.inject(delay_ms=seconds * 1000)
+            else:
+                self._plant.faults.clear()
+
+
+def make_server(pipeline: int) -> ModbusTestServer:
+    return ModbusTestServer(free_port()) if pipeline == 1 else PipeliningTestServer(free_port())
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    srv = ModbusTestServer(free_port())
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[ModbusTestServer]:
+    """pymodbus' server, or the plant's for a test run pipelined (its ``pipeline`` parameter > 1)."""
+    srv = make_server(request.node.callspec.params.get("pipeline", 1) if hasattr(request.node, "callspec") else 1)
     await srv.start()
     yield srv
     await srv.stop()
@@ -159,9 +237,13 @@ def config(port: int, **extra: Any) -> ModbusSourceConfig:
     return ModbusSourceConfig.model_validate(base | extra)
 
 
+PIPELINE = pytest.mark.parametrize("pipeline", [1, 8])
+
+
+@PIPELINE
 @pytest.mark.parametrize("connections", [1, 3])
-async def test_reads_every_datatype_and_word_order(server: ModbusTestServer, connections: int) -> None:
-    async with ModbusSource(config(server.port, connections=connections)) as source:
+async def test_reads_every_datatype_and_word_order(server: ModbusTestServer, connections: int, pipeline: int) -> None:
+    async with ModbusSource(config(server.port, connections=connections, pipeline=pipeline)) as source:
         # IR 0..18 is one declared block, so the gap at IR 14 is bridged (one IR request); HR 2-3 is
         # not declared readable, so HR takes two: coil + DI + 2 HR + 1 IR.
         assert len(source.plan) == 5
@@ -174,8 +256,9 @@ async def test_reads_every_datatype_and_word_order(server: ModbusTestServer, con
     assert got["u16"].device == "meter"
 
 
-async def test_write_round_trips_through_the_codec(server: ModbusTestServer) -> None:
-    async with ModbusSource(config(server.port)) as source:
+@PIPELINE
+async def test_write_round_trips_through_the_codec(server: ModbusTestServer, pipeline: int) -> None:
+    async with ModbusSource(config(server.port, pipeline=pipeline)) as source:
         await source.write("m", "setpoint", 42.5)
         await source.write("m", "limit", 10.0)  # raw 20 at scale 0.5
         await source.write("m", "run", False)
@@ -187,12 +270,13 @@ async def test_write_round_trips_through_the_codec(server: ModbusTestServer) -> 
             await source.write("m", "limit", 1e9)
 
 
+@PIPELINE
 @pytest.mark.parametrize("connections", [1, 3])
 async def test_device_exceptions_become_bad_quality_for_their_request_only(
-    server: ModbusTestServer, connections: int
+    server: ModbusTestServer, connections: int, pipeline: int
 ) -> None:
     server.fail = {(4, 0): ExcCodes.DEVICE_FAILURE, (3, 4): ExcCodes.ILLEGAL_ADDRESS}
-    async with ModbusSource(config(server.port, connections=connections)) as source:
+    async with ModbusSource(config(server.port, connections=connections, pipeline=pipeline)) as source:
         got = by_key(await source.read())
         assert source.connected  # exceptions are answers: the link is fine
     assert not source.connected  # closed
@@ -204,20 +288,21 @@ async def test_device_exceptions_become_bad_quality_for_their_request_only(
     assert got["estop"].quality == GOOD
 
 
+@PIPELINE
 @pytest.mark.parametrize("connections", [1, 3])
-async def test_timeout_becomes_bad_timeout(server: ModbusTestServer, connections: int) -> None:
-    server.delay_s = 0.5
-    async with ModbusSource(config(server.port, timeout_s=0.1, connections=connections)) as source:
+async def test_timeout_becomes_bad_timeout(server: ModbusTestServer, connections: int, pipeline: int) -> None:
+    server.delay(0.5)
+    async with ModbusSource(config(server.port, timeout_s=0.1, connections=connections, pipeline=pipeline)) as source:
         got = await source.read()
         assert {r.quality for r in got} == {BAD_TIMEOUT}
-        server.delay_s = 0.0
+        server.delay(0.0)
         await until(lambda: _all_good(source), "recovery after timeouts")
 
 
 @pytest.mark.parametrize("connections", [1, 3])
 async def test_connections_spread_a_poll_over_lanes_in_plan_order(server: ModbusTestServer, connections: int) -> None:
     """With N connections up to N requests are in flight at once; readings keep the plan's order."""
-    server.delay_s = 0.05  # long enough for the lanes' requests to overlap at the server
+    server.delay(0.05)  # long enough for the lanes' requests to overlap at the server
     async with ModbusSource(config(server.port)) as single:
         expected = [(r.asset, r.tag, r.value) for r in await single.read()]
     server.max_in_flight = 0
@@ -228,14 +313,33 @@ async def test_connections_spread_a_poll_over_lanes_in_plan_order(server: Modbus
     assert server.max_in_flight == min(connections, len(source.plan))
 
 
+async def test_pipelining_a_device_that_cannot_gives_bad_timeout_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pymodbus' server answers the first request of a TCP segment and drops the rest: the rest are
+    Bad timeout (never another request's data), and the log names the setting to change."""
+    srv = ModbusTestServer(free_port())
+    await srv.start()
+    try:
+        async with ModbusSource(config(srv.port, pipeline=8, timeout_s=0.2)) as source:
+            got = await source.read()
+    finally:
+        await srv.stop()
+    first = source.plan[0].items  # the coil request, the only one answered
+    assert [r.quality for r in got[: len(first)]] == [GOOD] * len(first)
+    assert {r.quality for r in got[len(first):]} == {BAD_TIMEOUT}
+    assert any("needs pipeline: 1" in r.getMessage() for r in caplog.records)
+
+
 async def _all_good(source: ModbusSource) -> bool:
     return all(r.quality == GOOD for r in await source.read())
 
 
-async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture) -> None:
+@PIPELINE
+async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture, pipeline: int) -> None:
     caplog.set_level(logging.INFO, logger="gateway.sources.base")
-    srv = ModbusTestServer(free_port())
-    async with ModbusSource(config(srv.port)) as source:  # connect() must not raise
+    srv = make_server(pipeline)
+    async with ModbusSource(config(srv.port, pipeline=pipeline)) as source:  # connect() must not raise
         for _ in range(3):
             got = await source.read()
             assert len(got) == len(TAGS)
@@ -252,11 +356,12 @@ async def test_server_down_at_first_then_up(caplog: pytest.LogCaptureFixture) ->
     assert sum("connected" in m and "meter" in m for m in messages) == 1
 
 
+@PIPELINE
 async def test_server_stopped_mid_run_then_back(
-    server: ModbusTestServer, caplog: pytest.LogCaptureFixture
+    server: ModbusTestServer, caplog: pytest.LogCaptureFixture, pipeline: int
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.sources.base")
-    async with ModbusSource(config(server.port)) as source:
+    async with ModbusSource(config(server.port, pipeline=pipeline)) as source:
         assert await _all_good(source)
         await server.stop()
 
@@ -337,9 +442,10 @@ def catalogue_doc(port: int) -> dict[str, Any]:
     }
 
 
-async def test_catalogue_plc_source_reads_and_calls(server: ModbusTestServer) -> None:
+@PIPELINE
+async def test_catalogue_plc_source_reads_and_calls(server: ModbusTestServer, pipeline: int) -> None:
     catalogue = parse_catalogue(catalogue_doc(server.port))
-    cfg = ModbusSourceConfig(name="plc1", plc="plc1", reconnect_min_s=0.05, reconnect_max_s=0.3)
+    cfg = ModbusSourceConfig(name="plc1", plc="plc1", reconnect_min_s=0.05, reconnect_max_s=0.3, pipeline=pipeline)
     async with ModbusSource(cfg, catalogue) as source:
         got = by_key(await source.read())
         assert got["speed"].value == pytest.approx(123.456)  # PLC-wide CDAB

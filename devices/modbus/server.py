@@ -11,10 +11,14 @@ Why an ``asyncio.Protocol`` and not streams: a Modbus request is a few dozen byt
 answers it in microseconds, so per-request stream machinery (two ``readexactly`` awaits, a timer
 armed and cancelled around each, a ``drain()``) cost more than the handler and kept us at a third of
 the libmodbus server's rate (BENCHMARKS.md, issue 5). ``data_received`` parses every complete frame
-in the bytes it gets, answers each synchronously with ``transport.write`` and keeps a partial frame
-for the next call. Only a fault-injected delay leaves that fast path: reading pauses until the
-delayed answer is written, so one connection's answers stay in request order while other
-connections go on being served.
+in the bytes it gets, answers each synchronously and keeps a partial frame for the next call. The
+answers of one pass are joined and written with a single ``transport.write``: a pipelining client
+sends dozens of requests in one segment, and on loopback each write is a ``send`` syscall costing
+more than the handler, so one send per segment instead of one per request (at most ``MAX_BATCH``
+answers are held, so backpressure still stops a client that does not read). Everything that
+defers or ends the connection flushes the held answers first, so nothing is reordered or lost.
+Only a fault-injected delay leaves that fast path: reading pauses until the delayed answer is
+written, so one connection's answers stay in request order while other connections go on being served.
 
 Robustness: every failure ends only its own connection. A frame whose header cannot be trusted
 (protocol id != 0, length outside 2..254) closes the connection, since TCP framing cannot be
@@ -37,6 +41,11 @@ log = logging.getLogger(__name__)
 
 MBAP = struct.Struct(">HHHB")
 MAX_PDU = 253  # conventions §2.2: PDU <= 253 bytes, TCP ADU <= 260
+# Answers held before a write mid-pass. 256 ADUs of <= 260 bytes are <= 65 KiB, about the transport's
+# default high-water mark (64 KiB): a client that does not read is still paused after about as many
+# answers as with a write per answer, instead of one data_received (up to 256 KiB of requests, whose
+# answers can be 20 times larger) building megabytes of answers before flow control can see them.
+MAX_BATCH = 256
 
 
 class ModbusTcpServer:
@@ -116,6 +125,9 @@ class _Connection(asyncio.Protocol):
         self._peer: object = None
         # Unparsed bytes: at most a partial frame, unless parsing is stalled (see _stalled).
         self._buffer = b""
+        # Answers produced in this _process pass, not yet written: one transport.write (one send) for
+        # all of them. Empty between passes; every path that defers or ends the connection flushes it.
+        self._out: list[bytes] = []
         self._open = False
         self._eof = False
         self._delayed: asyncio.TimerHandle | None = None  # a fault-delayed answer not yet written
@@ -186,6 +198,7 @@ class _Connection(asyncio.Protocol):
     # -- used by ModbusTcpServer -----------------------------------------------------------------
 
     def abort(self) -> None:
+        self._flush()  # answers produced before the abort go out first, as when each was written at once
         self._stalled = True
         self._open = False
         if self._transport is not None:
@@ -204,6 +217,7 @@ class _Connection(asyncio.Protocol):
         buffer = self._buffer
         size = len(buffer)
         offset = 0
+        out = self._out
         try:
             while not self._stalled and size - offset >= 7:
                 transaction, protocol, length, unit = MBAP.unpack_from(buffer, offset)
@@ -212,7 +226,7 @@ class _Connection(asyncio.Protocol):
                         "%s: malformed MBAP header %s from %s, closing the connection",
                         self._server._name, buffer[offset:offset + 7].hex(), self._peer,
                     )
-                    self._close()
+                    self._close()  # flushes the answers to the good frames before this one
                     return
                 end = offset + 6 + length  # the length field counts the unit id and the PDU
                 if end > size:
@@ -221,6 +235,8 @@ class _Connection(asyncio.Protocol):
                 offset = end
                 self._server.requests += 1
                 self._request(transaction, unit, pdu)
+                if len(out) >= MAX_BATCH:
+                    self._flush()  # may pause writing (flow control), which stalls this loop
         except Exception:
             # RequestHandler.handle never raises by contract; if it ever does, end this connection
             # only, as the per-connection task did.
@@ -228,6 +244,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._buffer = buffer[offset:] if offset else buffer
+        self._flush()
         if self._eof and self._open and self._delayed is None and not self._write_paused:
             self._close()  # the client half-closed and every complete request is answered
 
@@ -243,12 +260,11 @@ class _Connection(asyncio.Protocol):
             )
             self._server._owing.add(self)
             self._update_flow()
-            return
+            return  # _process stops at the stall and flushes the answers before this one
         else:
             response = self._faulty(fault, unit, pdu)
         if response is not None and self._open:
-            assert self._transport is not None
-            self._transport.write(MBAP.pack(transaction, 0, len(response) + 1, unit) + response)
+            self._out.append(MBAP.pack(transaction, 0, len(response) + 1, unit) + response)
 
     def _answer_delayed(self, fault: Fault, transaction: int, unit: int, pdu: bytes) -> None:
         self._delayed = None
@@ -263,10 +279,11 @@ class _Connection(asyncio.Protocol):
         if not self._open:
             return
         if response is not None:
-            assert self._transport is not None
-            self._transport.write(MBAP.pack(transaction, 0, len(response) + 1, unit) + response)
+            self._out.append(MBAP.pack(transaction, 0, len(response) + 1, unit) + response)
         self._update_flow()
-        self._process()  # frames that arrived with or after the delayed one
+        # Frames that arrived with or after the delayed one; the pass writes the delayed answer first,
+        # in the same send as theirs.
+        self._process()
 
     def _faulty(self, fault: Fault, unit: int, pdu: bytes) -> bytes | None:
         """The answer under ``fault`` (its delay already served); None means no answer."""
@@ -295,8 +312,21 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
             self._reading = True
 
+    def _flush(self) -> None:
+        """Write the answers held by this pass, joined, with one transport.write."""
+        out = self._out
+        if not out:
+            return
+        data = b"".join(out)  # a single answer is returned as is, not copied
+        out.clear()  # before the write: if it raises, abort()'s flush must not write these again
+        if self._open and self._transport is not None:
+            # Joined here rather than transport.writelines: in 3.11 that only joins and writes too, and an
+            # explicit join keeps it one write (one send while the socket buffer has room) on any version.
+            self._transport.write(data)
+
     def _close(self) -> None:
-        """Graceful close: answers already written are flushed first."""
+        """Graceful close: answers held or already written are flushed first."""
+        self._flush()
         self._open = False
         self._stalled = True
         self._buffer = b""

@@ -65,6 +65,9 @@ class ModbusSourceConfig(_SourceCommon):
     # TCP connections to the device; a poll spreads its requests over them (requests on one
     # connection are serial). Many devices accept a few; 1 is what every device accepts.
     connections: int = Field(default=1, ge=1, le=16)
+    # Requests outstanding at once on each connection, paired with their answers by MBAP transaction
+    # id (sources/modbus_pipeline.py). 1: one at a time, through pymodbus, which every device accepts.
+    pipeline: int = Field(default=1, ge=1, le=256)
     tags: tuple[ModbusTagConfig, ...] = ()
 
     @model_validator(mode="after")

@@ -7,12 +7,15 @@ Requests on one connection are serial (anchors §3 #17), so the planner's job is
 wall time is then its requests times the round trip, which on a busy host (or a slow link) can exceed
 the interval; ``connections: N`` opens N connections to the device and spreads the poll's requests
 over them, one lane each, so N requests are in flight at once. Commands use the first connection.
+``pipeline: M`` (M > 1) takes the lanes off pymodbus: each connection keeps up to M requests
+outstanding, written together and paired with their answers by transaction id (modbus_pipeline.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +36,16 @@ from gateway.sources import modbus_codec as codec
 from gateway.sources.base import SourceBase, SourceError, SourceUnavailable, TagRef, catalogue_plc, utcnow
 from gateway.sources.config import ModbusSourceConfig
 from gateway.sources.modbus_decoder import PointLayout, RequestDecoder
+from gateway.sources.modbus_pipeline import (
+    MALFORMED,
+    ExchangeFailed,
+    ModbusTcpConnection,
+    read_answer,
+    read_pdu,
+    write_answer,
+    write_coil_pdu,
+    write_registers_pdu,
+)
 from gateway.sources.modbus_planner import BIT_TABLES, PlanItem, ReadRequest, Span, Table, plan_reads
 
 if TYPE_CHECKING:  # the catalogue module imports the codec, so only a type reference here
@@ -163,7 +176,16 @@ class ModbusSource(SourceBase):
                 r.table in BIT_TABLES, r.count)
             for r, points in zip(self.plan, self._request_points, strict=True)
         ]
-        self._clients: list[AsyncModbusTcpClient] = []  # all connected, or none
+        self._clients: list[AsyncModbusTcpClient] = []  # all connected, or none (pipeline 1)
+        self._pipes: list[ModbusTcpConnection] = []  # the same, pipelined (pipeline > 1)
+        # Per lane of the pipelined path: its requests' plan indexes and frames, built once.
+        lanes = config.connections
+        self._lane_requests = [range(lane, len(self.plan), lanes) for lane in range(lanes)]
+        self._lane_frames = [
+            [(self.plan[n].unit_id, read_pdu(self.plan[n].table, self.plan[n].address, self.plan[n].count))
+             for n in indexes]
+            for indexes in self._lane_requests
+        ] if config.pipeline > 1 else []
         self._lock = asyncio.Lock()  # one poll or command at a time: they share the connections
 
     async def connect(self) -> None:
@@ -173,6 +195,8 @@ class ModbusSource(SourceBase):
 
     @property
     def _connected(self) -> bool:
+        if self.config.pipeline > 1:
+            return bool(self._pipes) and all(c.connected for c in self._pipes)
         return bool(self._clients) and all(c.connected for c in self._clients)
 
     async def _connect_locked(self) -> bool:
@@ -180,36 +204,55 @@ class ModbusSource(SourceBase):
             return True
         self._drop_clients()
         self._closed = False
-        clients = [
-            AsyncModbusTcpClient(
-                self.map.host,
-                port=self.map.port,
-                timeout=self.config.timeout_s,
-                retries=self.config.retries,
-                reconnect_delay=0,  # our backoff, not pymodbus' (see module docstring)
+        host, port, n = self.map.host, self.map.port, self.config.connections
+        if self.config.pipeline > 1:
+            opened = await asyncio.gather(
+                *(ModbusTcpConnection.open(host, port, self.config.timeout_s) for _ in range(n)),
+                return_exceptions=True,
             )
-            for _ in range(self.config.connections)
-        ]
-        outcomes = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
-        if not all(o is True for o in outcomes):
-            for client in clients:
-                client.close()
-            for outcome in outcomes:  # a bug, not a device problem: let it surface
-                if isinstance(outcome, BaseException) and not isinstance(outcome, OSError | ModbusException):
-                    raise outcome
-            errors = [str(o) for o in outcomes if isinstance(o, BaseException)]
-            reason = errors[0] if errors else "connect refused or timed out"
-            wait = self._backoff.failed()
-            self._set_available(False, f"{self.map.host}:{self.map.port}: {reason}; retry in {wait:.1f}s")
-            return False
-        self._clients = clients
-        self._set_available(True, f"{self.map.host}:{self.map.port}")
+            pipes = [o for o in opened if isinstance(o, ModbusTcpConnection)]
+            if len(pipes) < n:
+                for pipe in pipes:
+                    pipe.close()
+                return self._connect_failed(opened)
+            self._pipes = pipes
+        else:
+            clients = [
+                AsyncModbusTcpClient(
+                    host,
+                    port=port,
+                    timeout=self.config.timeout_s,
+                    retries=self.config.retries,
+                    reconnect_delay=0,  # our backoff, not pymodbus' (see module docstring)
+                )
+                for _ in range(n)
+            ]
+            outcomes = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
+            if not all(o is True for o in outcomes):
+                for client in clients:
+                    client.close()
+                return self._connect_failed(outcomes)
+            self._clients = clients
+        self._set_available(True, f"{host}:{port}")
         return True
+
+    def _connect_failed(self, outcomes: Sequence[object]) -> bool:
+        for outcome in outcomes:  # a bug, not a device problem: let it surface
+            if isinstance(outcome, BaseException) and not isinstance(outcome, OSError | ModbusException):
+                raise outcome
+        errors = [str(o) or type(o).__name__ for o in outcomes if isinstance(o, BaseException)]
+        reason = errors[0] if errors else "connect refused or timed out"
+        wait = self._backoff.failed()
+        self._set_available(False, f"{self.map.host}:{self.map.port}: {reason}; retry in {wait:.1f}s")
+        return False
 
     def _drop_clients(self) -> None:
         clients, self._clients = self._clients, []
         for client in clients:
             client.close()
+        pipes, self._pipes = self._pipes, []
+        for pipe in pipes:
+            pipe.close()
 
     def _lost(self, reason: str) -> None:
         self._drop_clients()
@@ -223,15 +266,20 @@ class ModbusSource(SourceBase):
     async def _read_locked(self) -> list[Reading]:
         refs = [p.ref for p in self.map.points]
         if not self._connected:
-            if self._clients:
+            if self._clients or self._pipes:
                 self._lost("connection closed by peer")
             if self._closed or not self._backoff.ready() or not await self._connect_locked():
                 return self.bad_readings(refs, BAD_NO_COMMUNICATION)
-        lanes = len(self._clients)
         outcomes: list[list[Reading]] = [[] for _ in self.plan]
-        lost = await asyncio.gather(
-            *(self._read_lane(client, lane, lanes, outcomes) for lane, client in enumerate(self._clients))
-        )
+        if self._pipes:
+            lost = await asyncio.gather(
+                *(self._read_pipelined(pipe, lane, outcomes) for lane, pipe in enumerate(self._pipes))
+            )
+        else:
+            lanes = len(self._clients)
+            lost = await asyncio.gather(
+                *(self._read_lane(client, lane, lanes, outcomes) for lane, client in enumerate(self._clients))
+            )
         reason = next((r for r in lost if r is not None), None)
         if reason is not None:
             self._lost(reason)
@@ -258,13 +306,51 @@ class ModbusSource(SourceBase):
                 self._fail_rest(n, lanes, BAD_NO_COMMUNICATION, now, outcomes)
                 return str(exc) or type(exc).__name__
             if response.isError():
-                code = int(getattr(response, "exception_code", 0))
-                quality = EXCEPTION_QUALITY.get(code, BAD_DEVICE_FAILURE)
-                log.debug("source %s: %s: exception %02X", self.name, self._describe(request), code)
-                outcomes[n] = self._bad_for(request, quality, now)
+                outcomes[n] = self._refused(request, int(getattr(response, "exception_code", MALFORMED)), now)
                 continue
             outcomes[n] = self._decode(n, request, response, now)
         return None
+
+    async def _read_pipelined(self, pipe: ModbusTcpConnection, lane: int, outcomes: list[list[Reading]]) -> str | None:
+        """The requests of ``lane`` in one pipelined exchange on ``pipe``; as :meth:`_read_lane`."""
+        now = utcnow()
+        failure: ExchangeFailed | None = None
+        answers: list[bytes] | list[bytes | None]
+        try:
+            answers = await pipe.exchange(
+                self._lane_frames[lane], window=self.config.pipeline, timeout_s=self.config.timeout_s
+            )
+        except ExchangeFailed as exc:
+            failure, answers = exc, exc.answers
+        for n, answer in zip(self._lane_requests[lane], answers, strict=True):
+            request = self.plan[n]
+            if answer is None:  # unanswered when the exchange failed
+                quality = BAD_TIMEOUT if failure is not None and failure.kind == "timeout" else BAD_NO_COMMUNICATION
+                outcomes[n] = self._bad_for(request, quality, now)
+                continue
+            data = read_answer(answer, request.table, request.count)
+            if isinstance(data, int):
+                outcomes[n] = self._refused(request, data, now)
+                continue
+            values = self._decoders[n].decode_bytes(data)
+            if values is None:
+                outcomes[n] = self._decode_points(request, _unpack(data, request), now)
+            else:
+                outcomes[n] = self._readings(n, values, now)
+        if failure is None:
+            return None
+        answered = sum(a is not None for a in answers)
+        if failure.kind == "timeout" and answered:
+            # The usual sign of a device that reads one request per TCP segment and drops the rest.
+            return (f"{failure} after {answered} of {len(answers)} pipelined requests were answered; "
+                    "a device that takes one request at a time needs pipeline: 1")
+        return str(failure)
+
+    def _refused(self, request: ReadRequest, code: int, now: datetime) -> list[Reading]:
+        """The readings of a request answered with an exception (MALFORMED: an answer not to it)."""
+        what = "a malformed answer" if code == MALFORMED else f"exception {code:02X}"
+        log.debug("source %s: %s: %s", self.name, self._describe(request), what)
+        return self._bad_for(request, EXCEPTION_QUALITY.get(code, BAD_DEVICE_FAILURE), now)
 
     def _fail_rest(self, first: int, lanes: int, quality: int, now: Any, outcomes: list[list[Reading]]) -> None:
         for n in range(first, len(self.plan), lanes):
@@ -288,19 +374,23 @@ class ModbusSource(SourceBase):
 
     def _decode(self, n: int, request: ReadRequest, response: Any, now: datetime) -> list[Reading]:
         """Readings of request ``n`` of the plan, every value decoded in one pass when possible."""
-        values = self._decoders[n].decode(response.bits if request.table in BIT_TABLES else response.registers)
+        data = response.bits if request.table in BIT_TABLES else response.registers
+        values = self._decoders[n].decode(data)
         if values is None:
-            return self._decode_points(request, response, now)
+            return self._decode_points(request, list(data), now)
+        return self._readings(n, values, now)
+
+    def _readings(self, n: int, values: list[codec.Value], now: datetime) -> list[Reading]:
         name = self.name
         return [
             Reading(name, p.ref.asset, p.ref.tag, value, GOOD, now, now, p.ref.site, p.ref.area, p.ref.unit)
             for p, value in zip(self._request_points[n], values, strict=True)
         ]
 
-    def _decode_points(self, request: ReadRequest, response: Any, now: Any) -> list[Reading]:
-        """Point by point, so a value that cannot be decoded is Bad on its own."""
+    def _decode_points(self, request: ReadRequest, data: list[Any], now: Any) -> list[Reading]:
+        """Point by point (``data``: the registers or bits), so a value that cannot be decoded is Bad
+        on its own."""
         words = request.table not in BIT_TABLES
-        data: list[Any] = list(response.registers if words else response.bits)
         out: list[Reading] = []
         for item in request.items:
             point = self.map.points[int(str(item.key))]
@@ -352,26 +442,50 @@ class ModbusSource(SourceBase):
         async with self._lock:
             if not self._connected and not await self._connect_locked():
                 raise SourceUnavailable(f"source {self.name}: not connected; {what} not written")
-            client = self._clients[0]
-            try:
-                if isinstance(payload, bool):
-                    response = await client.write_coil(address, payload, device_id=unit)
-                elif len(payload) == 1:
-                    response = await client.write_register(address, payload[0], device_id=unit)
-                else:
-                    response = await client.write_registers(address, payload, device_id=unit)
-            except ModbusIOException as exc:
+            if self._pipes:
+                code = await self._write_pipelined(unit, address, payload, what)
+            else:
+                code = await self._write_pymodbus(unit, address, payload, what)
+        if code is not None:
+            refusal = "a malformed answer" if code == MALFORMED else f"exception {code:02X}"
+            raise SourceError(f"source {self.name}: {what} ({table} {address}): refused with {refusal}")
+
+    async def _write_pymodbus(self, unit: int, address: int, payload: bool | list[int], what: str) -> int | None:
+        """The write on the first connection; its exception code, or None when acknowledged."""
+        client = self._clients[0]
+        try:
+            if isinstance(payload, bool):
+                response = await client.write_coil(address, payload, device_id=unit)
+            elif len(payload) == 1:
+                response = await client.write_register(address, payload[0], device_id=unit)
+            else:
+                response = await client.write_registers(address, payload, device_id=unit)
+        except ModbusIOException as exc:
+            raise SourceError(f"source {self.name}: {what}: no response ({exc})") from None
+        except (ConnectionException, OSError) as exc:
+            self._lost(str(exc))
+            raise SourceUnavailable(f"source {self.name}: {what}: connection lost") from None
+        return int(getattr(response, "exception_code", MALFORMED)) if response.isError() else None
+
+    async def _write_pipelined(self, unit: int, address: int, payload: bool | list[int], what: str) -> int | None:
+        pdu = write_coil_pdu(address, payload) if isinstance(payload, bool) else write_registers_pdu(address, payload)
+        try:
+            (answer,) = await self._pipes[0].exchange([(unit, pdu)], window=1, timeout_s=self.config.timeout_s)
+        except ExchangeFailed as exc:
+            self._lost(str(exc))  # the exchange closed the connection
+            if exc.kind == "timeout":
                 raise SourceError(f"source {self.name}: {what}: no response ({exc})") from None
-            except (ConnectionException, OSError) as exc:
-                self._lost(str(exc))
-                raise SourceUnavailable(f"source {self.name}: {what}: connection lost") from None
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            raise SourceError(
-                f"source {self.name}: {what} ({table} {address}): refused with exception {code:02X}"
-            )
+            raise SourceUnavailable(f"source {self.name}: {what}: connection lost") from None
+        return write_answer(pdu, answer)
 
     async def close(self) -> None:
         self._closed = True
         self._drop_clients()
         self._available = None
+
+
+def _unpack(data: bytes, request: ReadRequest) -> list[Any]:
+    """A read answer's bytes as pymodbus gives them: registers, or ``count`` bits."""
+    if request.table in BIT_TABLES:
+        return [bool(data[i >> 3] >> (i & 7) & 1) for i in range(request.count)]
+    return list(struct.unpack(f">{len(data) // 2}H", data))

@@ -89,6 +89,22 @@ class RequestDecoder:
             raw = self._pack(*data)
         except struct.error:  # too few or too many registers, or one outside 0..65535
             return None
+        return self._from_registers(raw)
+
+    def decode_bytes(self, raw: bytes) -> list[codec.Value] | None:
+        """As :meth:`decode`, from an answer's data bytes as they arrived: registers big-endian, bits
+        least significant first (modbus_pipeline.py)."""
+        if not self._usable:
+            return None
+        if self._bits:
+            if len(raw) * 8 < self._size:
+                return None
+            return [bool(raw[p.start >> 3] >> (p.start & 7) & 1) for p in self._points]
+        if len(raw) != 2 * self._size:
+            return None
+        return self._from_registers(raw)
+
+    def _from_registers(self, raw: bytes) -> list[codec.Value]:
         values: list[codec.Value] = [read(raw) for read in self._readers]
         for i, scale, offset in self._scaled:
             values[i] = values[i] * scale + offset  # type: ignore[operator]
