@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -154,7 +155,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, queue_size: int,
           keep: bool = False, load_plcs: int = 1, opcua_mode: str = "subscribe",
-          modbus_connections: int = 1) -> Iterator[Stack]:
+          modbus_connections: int = 1, modbus_pipeline: int = 1) -> Iterator[Stack]:
     import yaml
 
     tmp = Path(tempfile.mkdtemp(prefix="twinedge-api-bench-"))
@@ -179,7 +180,8 @@ def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, q
         sources: list[dict[str, Any]] = []
         for n in range(load_plcs if conveyors else 0):
             sources.append({"name": f"load{n}", "protocol": "modbus", "plc": f"plc-load{n}",
-                            "interval_ms": interval_ms, "connections": modbus_connections})
+                            "interval_ms": interval_ms, "connections": modbus_connections,
+                            "pipeline": modbus_pipeline})
         sources.append({"name": "ua", "protocol": "opcua", "plc": "plc-ua", "interval_ms": poll_ms, "mode": opcua_mode,
                         "username": OPCUA_USER["name"], "password": OPCUA_USER["password"]})
         sources.append({"name": "mb", "protocol": "modbus", "plc": "plc-mb", "interval_ms": poll_ms})
@@ -227,49 +229,157 @@ def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, q
 # -- load generators (child processes) -----------------------------------------------------------------
 
 
+class _WsTally:
+    """What the WebSocket clients of one worker received inside the window [start_at, end_at)."""
+
+    def __init__(self, clients: int, start_at: float, end_at: float) -> None:
+        self.start_at, self.end_at = start_at, end_at
+        self.latencies = array("d")
+        self.ages = array("d")
+        self.counts = [0] * clients
+        self.dropped = self.errors = self.connected = 0
+
+    def on_message(self, i: int, text: str, now: float) -> None:
+        if text.startswith('{"type":"dropped"'):
+            if self.start_at <= now < self.end_at:
+                self.dropped += json.loads(text)["count"]
+            return
+        if not self.start_at <= now < self.end_at:
+            return
+        self.counts[i] += 1
+        # {"type":"readings","sent_ts":<float>,...: read the number without parsing the rest
+        head = text.find('"sent_ts":') + 10
+        self.latencies.append(now - float(text[head:text.index(",", head)]))
+        if self.counts[i] % 20 == 0:  # the age of the newest reading, sampled (fromisoformat is not free)
+            at = text.rfind('"source_ts":"') + 13
+            self.ages.append(now - datetime.fromisoformat(text[at:text.index('"', at)]).timestamp())
+
+    def result(self) -> dict[str, Any]:
+        return {"counts": self.counts, "dropped": self.dropped, "errors": self.errors, "connected": self.connected,
+                "latencies": list(self.latencies), "ages": list(self.ages)}
+
+
 async def _ws_worker(url: str, assets: list[str], start_at: float, end_at: float,
                      compression: str | None) -> dict[str, Any]:
+    """Clients of the ``websockets`` library (what a Python dashboard would use)."""
     from websockets.asyncio.client import connect
 
-    latencies = array("d")
-    ages = array("d")
-    counts = [0] * len(assets)
-    dropped = 0
-    errors = 0
-    connected = 0
+    tally = _WsTally(len(assets), start_at, end_at)
 
     async def client(i: int, asset: str) -> None:
-        nonlocal dropped, errors, connected
         try:
             async with connect(f"{url}/ws/stream?assets={asset}", compression=compression, open_timeout=60,
                                max_queue=None) as ws:
-                connected += 1
-                n = 0
+                tally.connected += 1
                 async for message in ws:
                     now = time.time()
                     if now >= end_at:
                         return
-                    text = message if isinstance(message, str) else message.decode()
-                    if text.startswith('{"type":"dropped"'):
-                        if now >= start_at:
-                            dropped += json.loads(text)["count"]
-                        continue
-                    if now < start_at:
-                        continue
-                    counts[i] += 1
-                    # {"type":"readings","sent_ts":<float>,...: read the number without parsing the rest
-                    head = text.find('"sent_ts":') + 10
-                    latencies.append(now - float(text[head:text.index(",", head)]))
-                    n += 1
-                    if n % 20 == 0:  # the age of the newest reading, sampled (fromisoformat is not free)
-                        at = text.rfind('"source_ts":"') + 13
-                        ages.append(now - datetime.fromisoformat(text[at:text.index('"', at)]).timestamp())
+                    tally.on_message(i, message if isinstance(message, str) else message.decode(), now)
         except Exception:
-            errors += 1
+            tally.errors += 1
 
     await asyncio.gather(*(client(i, a) for i, a in enumerate(assets)))
-    return {"counts": counts, "dropped": dropped, "errors": errors, "connected": connected,
-            "latencies": list(latencies), "ages": list(ages)}
+    return tally.result()
+
+
+class _RawWsClient(asyncio.Protocol):
+    """A WebSocket client that only listens: the upgrade, then the server's unmasked frames (RFC 6455
+    §5.2), answering pings. The ``websockets`` library's per-message machinery took most of a core for
+    10,000 messages/s on the two cores it was measuring; this keeps the load generator out of the way.
+    Offers no extension, so the server sends uncompressed frames."""
+
+    def __init__(self, i: int, host: str, path: str, tally: _WsTally) -> None:
+        self.i, self.host, self.path, self.tally = i, host, path, tally
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.fragments: list[bytes] = []
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                        .encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.tally.errors += 1
+                self.close()
+                return
+            self.upgraded = True
+            self.tally.connected += 1
+            buffer = buffer[end + 4:]
+        pos, size = 0, len(buffer)
+        while size - pos >= 2:
+            first, length = buffer[pos], buffer[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2:pos + 10], "big"), 10
+            if size - pos < head + length:
+                break
+            payload = buffer[pos + head:pos + head + length]
+            pos += head + length
+            opcode = first & 0x0F
+            if opcode == 9:  # ping: answer with a masked pong carrying the same data
+                mask = os.urandom(4)
+                self._write(bytes((0x8A, 0x80 | len(payload))) + mask
+                            + bytes(b ^ mask[k % 4] for k, b in enumerate(payload)))
+            elif opcode == 8:
+                self.close()
+                return
+            elif opcode in (0, 1, 2):
+                self.fragments.append(payload)
+                if first & 0x80:  # FIN: the message is whole
+                    message = b"".join(self.fragments)
+                    self.fragments.clear()
+                    self.tally.on_message(self.i, message.decode(), now)
+        self.buffer = buffer[pos:]
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _raw_ws_worker(url: str, assets: list[str], start_at: float, end_at: float) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or HOST, parts.port or 80
+    loop = asyncio.get_running_loop()
+    tally = _WsTally(len(assets), start_at, end_at)
+    clients: list[_RawWsClient] = []
+    for i, asset in enumerate(assets):
+        client = _RawWsClient(i, f"{host}:{port}", f"/ws/stream?assets={asset}", tally)
+        try:
+            await loop.create_connection(lambda c=client: c, host, port)
+        except OSError:
+            tally.errors += 1
+            continue
+        clients.append(client)
+    await asyncio.sleep(max(0.0, end_at - time.time()))
+    for client in clients:
+        client.close()
+    return tally.result()
 
 
 class _HttpConnection:
@@ -369,7 +479,8 @@ async def _rest_worker(api: str, assets: list[str], rps: float, start_at: float,
 
 def run_ws(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, 100, 200, not args.no_mqtt, args.queue_size, args.keep,
-               args.load_plcs, modbus_connections=args.modbus_connections) as s:
+               args.load_plcs, modbus_connections=args.modbus_connections,
+               modbus_pipeline=args.modbus_pipeline) as s:
         if not s.load_assets:
             raise SystemExit("--rate must be > 0 for the ws benchmark")
         start_at = time.time() + args.ramp_s
@@ -383,7 +494,8 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
             n += count
             out = s.tmp / f"ws-{w}.json"
             workers.append((subprocess.Popen([sys.executable, __file__, "_ws_worker", s.ws, ",".join(assets),
-                                              str(start_at), str(end_at), str(out), args.compression]), out))
+                                              str(start_at), str(end_at), str(out), args.compression,
+                                              args.ws_client]), out))
         rests: list[tuple[subprocess.Popen[bytes], Path]] = []
         for w in range(args.rest_workers if args.rest_rps > 0 else 0):
             out = s.tmp / f"rest-{w}.json"
@@ -430,7 +542,7 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
                            "max": round(max(latencies, default=float("nan")) * 1000, 1)},
             "reading_age_ms": {"p50": round(pct(ages, 50) * 1000, 1), "p99": round(pct(ages, 99) * 1000, 1)},
             "cpu_pct_of_one_core": {k: round((cpu1[k] - cpu0[k]) / elapsed * 100, 1) for k in cpu0},
-            "compression": args.compression, "mqtt": not args.no_mqtt,
+            "compression": args.compression, "ws_client": args.ws_client, "mqtt": not args.no_mqtt,
         }
         if rests:
             parts = [json.loads(out.read_text()) for _, out in rests]
@@ -504,7 +616,7 @@ async def _commands(s: Stack, count: int) -> dict[str, Any]:
 
 def run_commands(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, args.scan_ms, args.poll_ms, not args.no_mqtt, 256, args.keep,
-               args.load_plcs, args.opcua_mode, args.modbus_connections) as s:
+               args.load_plcs, args.opcua_mode, args.modbus_connections, args.modbus_pipeline) as s:
         cpu0, t0 = cpu_seconds(s.gateway.pid), time.time()
         report = asyncio.run(_commands(s, args.count))
         report["gateway_cpu_pct"] = round((cpu_seconds(s.gateway.pid) - cpu0) / (time.time() - t0) * 100, 1)
@@ -515,9 +627,12 @@ def run_commands(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_ws_worker":
-        url, assets, start_at, end_at, out, compression = sys.argv[2:8]
-        result = asyncio.run(_ws_worker(url, assets.split(","), float(start_at), float(end_at),
-                                        None if compression == "none" else compression))
+        url, assets, start_at, end_at, out, compression, kind = sys.argv[2:9]
+        if kind == "raw":
+            result = asyncio.run(_raw_ws_worker(url, assets.split(","), float(start_at), float(end_at)))
+        else:
+            result = asyncio.run(_ws_worker(url, assets.split(","), float(start_at), float(end_at),
+                                            None if compression == "none" else compression))
         Path(out).write_text(json.dumps(result))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_rest_worker":
@@ -539,7 +654,10 @@ def main() -> None:
                     help="REST client processes (plain asyncio HTTP/1.1 clients, 8 keep-alive connections each)")
     ws.add_argument("--queue-size", type=int, default=256, help="api.websocket.queue_size")
     ws.add_argument("--compression", choices=("none", "deflate"), default="none",
-                    help="permessage-deflate offered by the clients (browsers offer it)")
+                    help="permessage-deflate offered by the clients (browsers offer it; websockets clients only)")
+    ws.add_argument("--ws-client", choices=("raw", "websockets"), default="raw",
+                    help="raw: a minimal listening client (the default, light on the shared cores); "
+                         "websockets: the library's client")
     cmd = sub.add_parser("commands", help="command round trips over OPC UA and Modbus")
     cmd.add_argument("--count", type=int, default=100, help="commands per protocol")
     cmd.add_argument("--scan-ms", type=int, default=100, help="PLC scan period of the command PLCs")
@@ -551,9 +669,12 @@ def main() -> None:
     for p in (ws, cmd):
         p.add_argument("--load-plcs", type=int, default=5, help="PLCs (Modbus sources) the load is split over")
         p.add_argument("--modbus-connections", type=int, default=1, help="TCP connections per load source")
+        p.add_argument("--modbus-pipeline", type=int, default=1, help="requests outstanding per connection")
         p.add_argument("--no-mqtt", action="store_true", help="run without Mosquitto and the MQTT sink")
         p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()
+    if args.bench == "ws" and args.compression != "none" and args.ws_client == "raw":
+        parser.error("--compression needs --ws-client websockets (the raw client offers no extension)")
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     report = run_ws(args) if args.bench == "ws" else run_commands(args)

@@ -23,13 +23,14 @@ run opcua_startup $PY -m bench.opcua_bench --variables 10000
 run opcua_subscription $PY bench/opcua_subscription_bench.py --seconds 30
 run modbus_reference $PY bench/modbus_reference_bench.py --seconds 10
 run modbus_python $PY bench/modbus_bench.py --seconds 10
-run gateway_50k $PY bench/gateway_bench.py --rate 50000 --duration 300 --warmup 30 --drain 180 --modbus-connections 16
+run gateway_50k $PY bench/gateway_bench.py --rate 50000 --duration 300 --warmup 30 --drain 180 --modbus-connections 4 --modbus-pipeline 32
 run gateway_opcua $PY bench/gateway_bench.py --protocol opcua --rate 25000 --duration 60 --warmup 20 --drain 120
-run gateway_modbus $PY bench/gateway_bench.py --protocol modbus --rate 25000 --duration 60 --warmup 20 --drain 120 --modbus-connections 4
-run gateway_sweep $PY bench/gateway_bench.py --sweep --duration 30 --warmup 10 --drain 120 --modbus-connections 16
-run api_ws $PY bench/api_bench.py ws --clients 1000 --rate 50000 --seconds 30 --modbus-connections 4
-run api_ws_10k $PY bench/api_bench.py ws --clients 1000 --rate 10000 --seconds 30 --modbus-connections 4
-run api_ws_1k $PY bench/api_bench.py ws --clients 1000 --rate 1000 --seconds 30 --modbus-connections 4
+run gateway_modbus $PY bench/gateway_bench.py --protocol modbus --rate 25000 --duration 60 --warmup 20 --drain 120 --modbus-connections 4 --modbus-pipeline 32
+run gateway_modbus_serial $PY bench/gateway_bench.py --protocol modbus --rate 25000 --duration 60 --warmup 20 --drain 120 --modbus-connections 4
+run gateway_sweep $PY bench/gateway_bench.py --sweep --duration 30 --warmup 10 --drain 120 --modbus-connections 4 --modbus-pipeline 32
+run api_ws $PY bench/api_bench.py ws --clients 1000 --rate 50000 --seconds 30 --modbus-connections 4 --modbus-pipeline 16
+run api_ws_10k $PY bench/api_bench.py ws --clients 1000 --rate 10000 --seconds 30 --modbus-connections 4 --modbus-pipeline 16
+run api_ws_1k $PY bench/api_bench.py ws --clients 1000 --rate 1000 --seconds 30 --modbus-connections 4 --modbus-pipeline 16
 run api_commands $PY bench/api_bench.py commands --count 100
 run api_commands_poll $PY bench/api_bench.py commands --count 100 --opcua-mode poll
 run thingsboard $PY bench/thingsboard_compare.py --window 40 --warmup 10 --repeat 1
