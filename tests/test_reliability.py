@@ -335,8 +335,9 @@ async def test_plc_restart_with_new_node_ids_followed_within_10s(tmp_path: Path)
     ],
     ids=["timeout", "slow", "exception-04", "exception-06", "drop-connections"],
 )
+@pytest.mark.parametrize("pipeline", [1, 8], ids=["pymodbus", "pipelined"])
 async def test_modbus_faults_give_bad_quality_and_recover(
-    fault: dict[str, Any], qualities: set[int], tmp_path: Path
+    fault: dict[str, Any], qualities: set[int], pipeline: int, tmp_path: Path
 ) -> None:
     config = plant_config(tmp_path)
     plant = Plant(config, announce=lambda _line: None)
@@ -344,7 +345,7 @@ async def test_modbus_faults_give_bad_quality_and_recover(
     write_catalogue(config)
     catalogue = load_catalogue(tmp_path / "plant" / "catalogue.json")
     source_config = ModbusSourceConfig.model_validate(
-        {"name": "plc-1-modbus", "plc": "plc-1", "timeout_s": 0.3, "retries": 0,
+        {"name": "plc-1-modbus", "plc": "plc-1", "timeout_s": 0.3, "retries": 0, "pipeline": pipeline,
          "reconnect_min_s": 0.05, "reconnect_max_s": 0.5})
     exposer = ModbusExposer(placed.plc, placed.site.id, placed.area.id, placed.config, config.plant)
     async with exposer, scanning(plant), ModbusSource(source_config, catalogue) as source:
