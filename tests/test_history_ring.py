@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.api.history_ring import TagRing, from_us, to_us
+from gateway.api.history_ring import TagRing
 from gateway.api.state import RecentHistory, Sample
+from gateway.common.epoch import epoch_us, from_epoch_us
 from gateway.readings import Reading, TagValue
 
 T0 = datetime(2026, 11, 21, 22, 0, tzinfo=UTC)
@@ -44,8 +45,8 @@ def test_ring_keeps_what_a_bounded_deque_keeps(size: int, adds: list[tuple[int, 
 
 def test_microseconds_round_trip_and_naive_is_utc() -> None:
     ts = datetime(2026, 11, 21, 22, 0, 1, 123457, tzinfo=UTC)
-    assert from_us(to_us(ts)) == ts
-    assert to_us(ts.replace(tzinfo=None)) == to_us(ts)
+    assert from_epoch_us(epoch_us(ts)) == ts
+    assert epoch_us(ts.replace(tzinfo=None)) == epoch_us(ts)
 
 
 def test_a_float_sample_takes_about_twenty_bytes() -> None:

@@ -12,24 +12,10 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 from gateway.readings import TagValue
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 _INT64_MIN, _INT64_END = -(2**63), 2**63  # an int ring holds what int64 holds (Python ints are unbounded)
-
-
-def to_us(ts: datetime) -> int:
-    """Microseconds since the epoch; naive datetimes are UTC (the gateway's convention)."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def _typed(value: TagValue) -> array[int] | array[float] | None:

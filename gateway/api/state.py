@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from gateway.api.history_ring import TagRing, from_us, to_us
+from gateway.api.history_ring import TagRing
 from gateway.catalogue import Catalogue, CatalogueAsset
+from gateway.common.epoch import epoch_us, from_epoch_us
 from gateway.latest import LatestValues
 from gateway.readings import Reading, TagValue
 
@@ -84,7 +85,7 @@ class RecentHistory:
             ts = r.source_ts
             us = stamps.get(ts)
             if us is None:
-                us = stamps[ts] = to_us(ts)
+                us = stamps[ts] = epoch_us(ts)
             ring.add(us, value, r.quality)  # skips a timestamp it already has (two sources, one PLC)
 
     def tags(self, asset: str) -> list[str]:
@@ -94,9 +95,9 @@ class RecentHistory:
         ring = self._rings.get((asset, tag))
         if ring is None:
             return []
-        low = to_us(start) if start is not None else None
-        high = to_us(end) if end is not None else None
-        return [Sample(from_us(us), value, quality) for us, value, quality in ring.samples()
+        low = epoch_us(start) if start is not None else None
+        high = epoch_us(end) if end is not None else None
+        return [Sample(from_epoch_us(us), value, quality) for us, value, quality in ring.samples()
                 if (low is None or us >= low) and (high is None or us <= high)]
 
     @staticmethod

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
+from gateway.common.epoch import epoch_us
 from gateway.common.status import quality_class
 from gateway.readings import Reading
 
 MEASUREMENT = "telemetry"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 # §4.1: tag keys, tag values and field keys escape comma, '=' and space. Newlines cannot be
 # escaped in line protocol at all, so they become (escaped) spaces.
@@ -52,11 +51,8 @@ def escape_string_field(value: str) -> str:
 
 
 def to_ns(ts: datetime) -> int:
-    """Nanoseconds since the Unix epoch, exact (integer arithmetic, no float rounding).
-    Naive datetimes are taken as UTC."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ((ts - _EPOCH) // _US) * 1000
+    """Nanoseconds since the Unix epoch, exact (common/epoch.py); naive datetimes are UTC."""
+    return epoch_us(ts) * 1000
 
 
 def format_fields(value: object, status: int) -> str:

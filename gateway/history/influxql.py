@@ -19,12 +19,11 @@ from typing import Any, ClassVar
 
 import httpx
 
+from gateway.common.epoch import from_epoch_us
 from gateway.encoders.line_protocol import MEASUREMENT, to_ns
 from gateway.history.base import DEFAULT_TIMEOUT_S, HistoryHttp, HistoryRow, HistoryUnavailable
 from gateway.readings import TagValue
 from gateway.sinks.influx import InfluxSinkConfig
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def quote_literal(value: str) -> str:
@@ -62,7 +61,7 @@ def build_query(asset: str, tag: str, start: datetime | None, end: datetime | No
 def _ts(micros: Any) -> datetime:
     if not isinstance(micros, int):
         raise HistoryUnavailable(f"unexpected time {micros!r} in the InfluxDB answer")
-    return _EPOCH + timedelta(microseconds=micros)
+    return from_epoch_us(micros)
 
 
 def parse_answer(body: Any, step_s: float | None) -> list[HistoryRow]:

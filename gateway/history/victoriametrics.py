@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
 
+from gateway.common.epoch import from_epoch_ms
 from gateway.encoders.line_protocol import MEASUREMENT, to_ns
 from gateway.history.base import DEFAULT_TIMEOUT_S, HistoryHttp, HistoryRow, HistoryUnavailable
 from gateway.sinks.influx import InfluxSinkConfig
@@ -52,7 +53,6 @@ FUTURE_MS = 2 * 86_400_000
 # nothing at all, so ranges start a day after it; no sample is that old.
 EARLIEST_MS = 86_400_000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Sample = tuple[int, float]  # (milliseconds since the epoch, value)
 
 
@@ -94,7 +94,7 @@ def seconds(ms: int) -> str:
 
 
 def _dt(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    return from_epoch_ms(ms)
 
 
 def parse_export(text: str) -> list[Sample]:

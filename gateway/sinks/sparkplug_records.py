@@ -13,15 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from gateway.common.epoch import epoch_ms
 from gateway.encoders.sparkplug_b import MetricValue, sanitize_id
 from gateway.readings import Reading
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +27,6 @@ class Sample:
     value: MetricValue | None
     status: int  # OPC UA StatusCode
     ts_ms: int  # source timestamp, ms since the epoch (UTC)
-
-
-def epoch_ms(ts: datetime) -> int:
-    """Milliseconds since the epoch, exactly (float seconds would round 1.123 s down to 1122 ms).
-    Naive datetimes are UTC, the gateway's convention."""
-    aware = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-    return (aware - _EPOCH) // _MS
 
 
 def _row(r: Reading) -> list[object]:
