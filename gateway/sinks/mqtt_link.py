@@ -94,8 +94,8 @@ def make_client(
         tls = config.tls or MqttTlsConfig()
         client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
     port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    client.max_inflight_messages_set(paho_inflight)  # refused once a connection is under way
     # Only records the endpoint for MqttLink's reconnect(); no I/O.
-    client.max_inflight_messages_set(paho_inflight)
     client.connect_async(parts.hostname or "127.0.0.1", port, keepalive=config.keepalive_s, clean_start=clean_start)
     return client
 
