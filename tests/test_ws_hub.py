@@ -42,12 +42,59 @@ async def test_pacer_wakes_a_slice_per_iteration_in_order() -> None:
         pacer.wake(event)  # asked twice while pending: woken once
     woken = []
     for _ in range(5):
-        await asyncio.sleep(0)  # one loop iteration: the pacer's slice runs before this task resumes
+        # One loop iteration. This task was ready before the iteration began, so it resumes before the
+        # pacer's slice, which runs after the iteration's I/O callbacks.
+        await asyncio.sleep(0)
         woken.append(sum(e.is_set() for e in events))
         if woken[-1] == 64:
             assert all(e.is_set() for e in events[:64])
             assert not any(e.is_set() for e in events[64:])
-    assert woken == [64, 128, 192, 200, 200]
+    assert woken == [0, 64, 128, 192, 200]
+
+
+async def test_work_that_io_schedules_goes_before_the_next_slice() -> None:
+    """A request whose bytes arrive during a broadcast: what its data_received schedules (uvicorn's
+    request task) runs before any sender of the next slice, so the request waits for no more sends."""
+    hub = WsHub(pacer=WakePacer(per_iteration=50))
+    log: list[int] = []
+    clients = [WsClient(_RecordingSocket(log, n), 8, VIEWER, pacer=hub.pacer) for n in range(1000)]
+    for client in clients:
+        hub.add("alerts", client)
+    tasks = [asyncio.create_task(c.run()) for c in clients]
+    loop = asyncio.get_running_loop()
+    sends_in_between: list[int] = []
+    handled = asyncio.Event()
+
+    class Server(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:  # an I/O callback, as uvicorn's
+            at_arrival = len(log)
+
+            def request() -> None:
+                sends_in_between.append(len(log) - at_arrival)
+                handled.set()
+
+            loop.call_soon(request)
+
+    server = await loop.create_server(Server, "127.0.0.1", 0)
+    _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    try:
+        await asyncio.sleep(0)  # every sender is waiting
+        hub.publish("alerts", {"type": "alert", "n": 1})
+        writer.write(b"GET")  # arrives while the 1,000 sends are paced out
+        await asyncio.wait_for(handled.wait(), 5)
+        assert 0 < len(log) < len(clients)  # it did arrive mid-broadcast
+        assert sends_in_between == [0]
+        for _ in range(10 * len(clients)):
+            if len(log) == len(clients):
+                break
+            await asyncio.sleep(0)
+        assert sorted(log) == list(range(len(clients)))
+    finally:
+        writer.close()
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_broadcast_to_many_clients_leaves_the_loop_free_between_slices() -> None:
