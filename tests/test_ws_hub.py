@@ -34,6 +34,16 @@ def _reading(asset: str, tag: str, value: float) -> Reading:
                    unit="m/s")
 
 
+def _alert_clients(count: int, per_iteration: int) -> tuple[WsHub, list[int], list[WsClient], list[asyncio.Task[None]]]:
+    """A paced hub with ``count`` alert clients and their running senders; sends are logged by client number."""
+    hub = WsHub(pacer=WakePacer(per_iteration=per_iteration))
+    log: list[int] = []
+    clients = [WsClient(_RecordingSocket(log, n), 8, VIEWER, pacer=hub.pacer) for n in range(count)]
+    for client in clients:
+        hub.add("alerts", client)
+    return hub, log, clients, [asyncio.create_task(c.run()) for c in clients]
+
+
 async def test_pacer_wakes_a_slice_per_iteration_in_order() -> None:
     pacer = WakePacer(per_iteration=64)
     events = [asyncio.Event() for _ in range(200)]
@@ -55,12 +65,7 @@ async def test_pacer_wakes_a_slice_per_iteration_in_order() -> None:
 async def test_work_that_io_schedules_goes_before_the_next_slice() -> None:
     """A request whose bytes arrive during a broadcast: what its data_received schedules (uvicorn's
     request task) runs before any sender of the next slice, so the request waits for no more sends."""
-    hub = WsHub(pacer=WakePacer(per_iteration=50))
-    log: list[int] = []
-    clients = [WsClient(_RecordingSocket(log, n), 8, VIEWER, pacer=hub.pacer) for n in range(1000)]
-    for client in clients:
-        hub.add("alerts", client)
-    tasks = [asyncio.create_task(c.run()) for c in clients]
+    hub, log, clients, tasks = _alert_clients(1000, per_iteration=50)
     loop = asyncio.get_running_loop()
     sends_in_between: list[int] = []
     handled = asyncio.Event()
@@ -100,12 +105,7 @@ async def test_work_that_io_schedules_goes_before_the_next_slice() -> None:
 async def test_a_broadcast_to_many_clients_leaves_the_loop_free_between_slices() -> None:
     """Count the sends made between consecutive loop iterations: never more than a slice, so I/O that
     arrives during a broadcast to 1,000 clients waits for one slice, not for all 1,000 sends."""
-    hub = WsHub(pacer=WakePacer(per_iteration=50))
-    log: list[int] = []
-    clients = [WsClient(_RecordingSocket(log, n), 8, VIEWER, pacer=hub.pacer) for n in range(1000)]
-    for client in clients:
-        hub.add("alerts", client)
-    tasks = [asyncio.create_task(c.run()) for c in clients]
+    hub, log, clients, tasks = _alert_clients(1000, per_iteration=50)
     await asyncio.sleep(0)  # every sender is waiting
     loop = asyncio.get_running_loop()
     per_iteration: list[int] = []
