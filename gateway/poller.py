@@ -6,12 +6,15 @@ overlapping polls only gets slower. A poll that outlasts its interval is an *ove
 slots are skipped, not queued, and counted; the first overrun of a streak is logged at WARNING and
 the end of the streak at INFO, so a permanently slow device does not flood the log.
 ``refresh(source)`` (after a command) polls at once, or right after the poll in progress.
+
+Each source polls on its own phase of the interval grid (Telegraf's ``collection_offset``, chosen
+here), so a gateway of many PLCs does not poll them all in the same instant and then process all
+their answers in the same few loop iterations, where the last one's next slot is already late.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -24,6 +27,7 @@ from gateway.sources.base import Source
 
 log = logging.getLogger(__name__)
 
+_GOLDEN = 0.6180339887498949
 OnBatch = Callable[[list[Reading]], Awaitable[None]]
 
 
@@ -43,10 +47,44 @@ class SourceStats:
 class _Job:
     source: Source
     interval_s: float
+    phase_s: float = 0.0  # offset of this source's slots within the interval
     stats: SourceStats = field(default_factory=SourceStats)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    woken: bool = False  # set by wake() while no poll is waiting; the next wait returns at once
+    waiter: asyncio.Future[None] | None = None  # the poll task's wait for its next slot, while it waits
     task: asyncio.Task[None] | None = None
     overrunning: bool = False
+
+    def wake(self) -> None:
+        """Poll now, or right after the poll in progress."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        else:
+            self.woken = True
+
+    async def until(self, due: float) -> None:
+        """Wait for ``due`` (``time.monotonic()``) or a wake(), whichever is first.
+
+        One future resolved by a timer or by wake(): on a busy loop every hop costs an iteration of
+        everything else, and ``asyncio.wait_for`` on an Event takes three or four (a task for the
+        wait, its cancellation, and the wait for that) where this takes one."""
+        if self.woken or due <= time.monotonic():
+            self.woken = False
+            return
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        # loop.time() is time.monotonic() in asyncio's own loops; converted anyway, as the contract says.
+        timer = loop.call_at(loop.time() + (due - time.monotonic()), _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+            self.woken = False
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Poller(Service):
@@ -62,15 +100,17 @@ class Poller(Service):
             raise ValueError(f"source {source.name}: interval must be > 0")
         if source.name in self._jobs:
             raise ValueError(f"source {source.name} added twice")
-        job = _Job(source, interval_s)
+        # Spread the sources' slots over the interval (golden-ratio steps stay apart for any count),
+        # so their polls, answers and batches do not all land in the same loop iterations.
+        job = _Job(source, interval_s, phase_s=(len(self._jobs) * _GOLDEN) % 1.0 * interval_s)
         self._jobs[source.name] = job
-        source.on_data(job.wake.set)  # data that arrives by itself is handed on at once
+        source.on_data(job.wake)  # data that arrives by itself is handed on at once
         if self._running:
             job.task = asyncio.create_task(self._run(job), name=f"poll:{source.name}")
 
     def refresh(self, source: str) -> None:
         """Poll ``source`` now (or as soon as its current poll ends). Unknown names raise KeyError."""
-        self._jobs[source].wake.set()
+        self._jobs[source].wake()
 
     def sources(self) -> dict[str, Source]:
         return {name: job.source for name, job in self._jobs.items()}
@@ -102,14 +142,11 @@ class Poller(Service):
                 log.exception("source %s: close failed", job.source.name)
 
     async def _run(self, job: _Job) -> None:
-        # Connecting is part of the first poll: read() reconnects by itself with its backoff.
-        due = time.monotonic()
+        # Connecting is part of the first poll, at once: read() reconnects by itself with its backoff.
+        # The slots after it are on this source's phase of the interval grid.
+        due = time.monotonic() + job.phase_s - job.interval_s
         while True:
-            delay = due - time.monotonic()
-            if delay > 0 and not job.wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(job.wake.wait(), delay)
-            job.wake.clear()
+            await job.until(due)
             started = time.monotonic()
             await self._poll_once(job)
             finished = time.monotonic()

@@ -23,6 +23,7 @@ class FakeSource:
         self.fail = fail
         self.active = 0
         self.max_active = 0
+        self.starts: list[float] = []  # time.monotonic() at the start of each read()
         self.polls = 0
         self.closed = 0
         self.connected = True
@@ -34,6 +35,7 @@ class FakeSource:
         pass
 
     async def read(self) -> list[Reading]:
+        self.starts.append(time.monotonic())
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -150,6 +152,55 @@ async def test_a_failing_source_or_callback_does_not_stop_polling() -> None:
     assert "read" in stats["broken"].last_error
     assert stats["ok"].errors >= 3
     assert "on_batch" in str(stats["ok"].last_error)
+
+
+async def test_a_refresh_while_waiting_starts_the_poll_in_the_next_iteration() -> None:
+    # On a busy loop every hop waits for an iteration of everything else, so waking must cost one.
+    async def on_batch(batch: list[Reading]) -> None:
+        pass
+
+    src = FakeSource("s")
+    poller = Poller(on_batch)
+    poller.add(src, 3600.0)
+    async with poller:
+        await wait_for(lambda: src.polls == 1, "first poll at start")
+        await asyncio.sleep(0)  # the poll task is now waiting for its next slot
+        poller.refresh("s")
+        await asyncio.sleep(0)
+        assert len(src.starts) == 2
+
+
+async def test_a_refresh_during_a_poll_polls_again_right_after() -> None:
+    async def on_batch(batch: list[Reading]) -> None:
+        pass
+
+    src = FakeSource("s", duration_s=0.05)
+    poller = Poller(on_batch)
+    poller.add(src, 3600.0)
+    async with poller:
+        await wait_for(lambda: src.active == 1, "first poll in progress")
+        poller.refresh("s")
+        await wait_for(lambda: src.polls == 2, "the refresh's poll, an hour before the slot")
+    assert src.max_active == 1
+
+
+async def test_sources_slots_are_spread_over_the_interval() -> None:
+    # Golden-ratio phases: source 0 at 0, source 1 at 0.618 and source 2 at 0.236 of the interval, so
+    # after the first polls (all at once, at start) source 2 comes first, then 1, then 0 a whole
+    # interval after start. The phases are 94 ms and more apart, far beyond a loop's jitter.
+    async def on_batch(batch: list[Reading]) -> None:
+        pass
+
+    sources = [FakeSource(f"s{n}") for n in range(3)]
+    poller = Poller(on_batch)
+    for src in sources:
+        poller.add(src, 0.4)
+    async with poller:
+        await wait_for(lambda: all(len(s.starts) >= 2 for s in sources), "second polls")
+    first = [s.starts[0] for s in sources]
+    assert max(first) - min(first) < 0.1  # connecting is the first poll, for every source at once
+    second = {s.name: s.starts[1] for s in sources}
+    assert second["s2"] < second["s1"] < second["s0"]
 
 
 def test_add_validates() -> None:
