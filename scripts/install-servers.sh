@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the servers the test suite starts on free loopback ports: mosquitto, InfluxDB 1.x
-# (influxd), VictoriaMetrics (the InfluxDB v2 write API) and PostgreSQL (the edge API storage tests
+# Installs the servers the test suite starts on free loopback ports: mosquitto (and its clients: the
+# gateway bench subscribes with mosquitto_sub), InfluxDB 1.x (influxd), VictoriaMetrics (the InfluxDB
+# v2 write API) and PostgreSQL (the edge API storage tests
 # run initdb/postgres from /usr/lib/postgresql/*/bin in a temp dir), and Node.js with npm for the
 # OPC UA interop test (an independent node-opcua client), and mbpoll for the Modbus interop test (an
 # independent Modbus client). Debian/Ubuntu package names.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
