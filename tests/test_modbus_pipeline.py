@@ -369,6 +369,44 @@ async def test_the_timeout_runs_from_the_last_answer() -> None:
         await tasks[0]
 
 
+# -- started and finished apart (a source with several connections) ---------------------------------
+
+
+async def test_start_sends_the_first_window_before_anyone_awaits() -> None:
+    batches: asyncio.Queue[list[Request]] = asyncio.Queue()
+    frames = reads(6)
+    async with serving(lambda raw, batch: batches.put_nowait(batch)) as link:
+        exchange = link.client.start(frames, window=4, timeout_s=DEADLINE_S)
+        first = await asyncio.wait_for(batches.get(), DEADLINE_S)  # nobody is in finish() yet
+        assert len(first) == 4
+        link.server.answer([reply(r) for r in first])
+        rest = await asyncio.wait_for(batches.get(), DEADLINE_S)  # the window refilled by the answers
+        link.server.answer([reply(r) for r in rest])
+        assert await asyncio.wait_for(link.client.finish(exchange), DEADLINE_S) == echoes(frames)
+        assert link.client.connected
+
+
+async def test_abandoning_an_exchange_with_answers_due_ends_the_connection() -> None:
+    arrived = asyncio.Event()
+    async with serving(lambda raw, batch: arrived.set()) as link:
+        exchange = link.client.start(reads(3), window=3, timeout_s=DEADLINE_S)
+        await asyncio.wait_for(arrived.wait(), DEADLINE_S)
+        link.client.abandon(exchange)
+        assert exchange.done.cancelled()
+        assert not link.client.connected
+        await asyncio.wait_for(link.server.closed, DEADLINE_S)
+
+
+async def test_abandoning_an_answered_exchange_keeps_the_connection_for_the_next() -> None:
+    frames = reads(3)
+    async with serving(answer_all) as link:
+        exchange = link.client.start(frames, window=3, timeout_s=DEADLINE_S)
+        await asyncio.wait_for(asyncio.shield(exchange.done), DEADLINE_S)
+        link.client.abandon(exchange)
+        assert link.client.connected
+        assert await link.exchange(frames, window=3) == echoes(frames)
+
+
 # -- preconditions -----------------------------------------------------------------------------------
 
 

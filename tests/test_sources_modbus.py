@@ -162,6 +162,20 @@ class PipeliningTestServer(ModbusTestServer):
             await self._plant.close()
             self._plant = None
 
+    @property
+    def requests(self) -> int:
+        """Requests the server has received."""
+        return self._plant.requests if self._plant is not None else 0
+
+    @property
+    def connections(self) -> int:
+        return self._plant.connection_count if self._plant is not None else 0
+
+    def mute(self) -> None:
+        """Read requests and answer none, until ``delay(0)``."""
+        assert self._plant is not None
+        self._plant.faults.inject(no_response=True)
+
     def delay(self, seconds: float) -> None:
         super().delay(seconds)
         if self._plant is not None:
@@ -329,6 +343,35 @@ async def test_pipelining_a_device_that_cannot_gives_bad_timeout_and_says_why(
     assert [r.quality for r in got[: len(first)]] == [GOOD] * len(first)
     assert {r.quality for r in got[len(first):]} == {BAD_TIMEOUT}
     assert any("needs pipeline: 1" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_poll_cancelled_with_every_lane_outstanding_leaves_none_behind() -> None:
+    """The pipelined lanes are started together and finished in turn: a poll cancelled while the first
+    waits must end the others too, or their connections would refuse the next poll's exchanges."""
+    srv = PipeliningTestServer(free_port())
+    await srv.start()
+    try:
+        srv.mute()  # no answer while the poll is cancelled
+        async with ModbusSource(config(srv.port, connections=3, pipeline=8)) as source:
+            poll = asyncio.create_task(source.read())
+
+            async def every_lane_sent() -> bool:
+                return srv.requests == len(source.plan)
+
+            await until(every_lane_sent, "every lane's requests at the device")
+            poll.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await poll
+
+            async def every_lane_closed() -> bool:
+                return srv.connections == 0
+
+            # Before the timeout (1 s) could end them: a connection with answers due is closed at once.
+            await until(every_lane_closed, "every connection with answers due closed", deadline_s=0.5)
+            srv.delay(0.0)  # clears the fault
+            await until(lambda: _all_good(source), "the next polls read again")
+    finally:
+        await srv.stop()
 
 
 async def _all_good(source: ModbusSource) -> bool:

@@ -38,6 +38,7 @@ from gateway.sources.config import ModbusSourceConfig
 from gateway.sources.modbus_decoder import PointLayout, RequestDecoder
 from gateway.sources.modbus_pipeline import (
     MALFORMED,
+    Exchange,
     ExchangeFailed,
     ModbusTcpConnection,
     read_answer,
@@ -272,9 +273,7 @@ class ModbusSource(SourceBase):
                 return self.bad_readings(refs, BAD_NO_COMMUNICATION)
         outcomes: list[list[Reading]] = [[] for _ in self.plan]
         if self._pipes:
-            lost = await asyncio.gather(
-                *(self._read_pipelined(pipe, lane, outcomes) for lane, pipe in enumerate(self._pipes))
-            )
+            lost = await self._read_pipes(outcomes)
         else:
             lanes = len(self._clients)
             lost = await asyncio.gather(
@@ -311,15 +310,44 @@ class ModbusSource(SourceBase):
             outcomes[n] = self._decode(n, request, response, now)
         return None
 
-    async def _read_pipelined(self, pipe: ModbusTcpConnection, lane: int, outcomes: list[list[Reading]]) -> str | None:
-        """The requests of ``lane`` in one pipelined exchange on ``pipe``; as :meth:`_read_lane`."""
-        now = utcnow()
+    async def _read_pipes(self, outcomes: list[list[Reading]]) -> list[str | None]:
+        """Every lane's requests go out at once, in this step, and the answers are awaited lane after
+        lane: no task per lane, so the poll goes on one loop iteration after the last answer rather
+        than three (on a busy gateway an iteration is everything else's work too)."""
+        now = utcnow()  # the poll's time, for every lane
+        started: list[Exchange | ExchangeFailed] = []
+        for lane, pipe in enumerate(self._pipes):
+            try:
+                started.append(
+                    pipe.start(self._lane_frames[lane], window=self.config.pipeline, timeout_s=self.config.timeout_s)
+                )
+            except ExchangeFailed as exc:
+                started.append(exc)
+        lost: list[str | None] = []
+        try:
+            for lane, (pipe, exchange) in enumerate(zip(self._pipes, started, strict=True)):
+                lost.append(await self._read_pipelined(pipe, lane, exchange, now, outcomes))
+        finally:
+            for pipe, exchange in zip(self._pipes[len(lost) :], started[len(lost) :], strict=True):
+                if isinstance(exchange, Exchange):  # cancelled (or a bug) before its turn
+                    pipe.abandon(exchange)
+        return lost
+
+    async def _read_pipelined(
+        self,
+        pipe: ModbusTcpConnection,
+        lane: int,
+        exchange: Exchange | ExchangeFailed,
+        now: datetime,
+        outcomes: list[list[Reading]],
+    ) -> str | None:
+        """The readings of ``lane``'s started exchange (or of its failure to start); as :meth:`_read_lane`."""
         failure: ExchangeFailed | None = None
         answers: list[bytes] | list[bytes | None]
         try:
-            answers = await pipe.exchange(
-                self._lane_frames[lane], window=self.config.pipeline, timeout_s=self.config.timeout_s
-            )
+            if isinstance(exchange, ExchangeFailed):
+                raise exchange
+            answers = await pipe.finish(exchange)
         except ExchangeFailed as exc:
             failure, answers = exc, exc.answers
         for n, answer in zip(self._lane_requests[lane], answers, strict=True):

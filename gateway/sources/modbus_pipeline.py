@@ -86,7 +86,9 @@ def write_answer(request: bytes, pdu: bytes) -> int | None:
     return None if len(pdu) == 5 and pdu == request[:5] else MALFORMED
 
 
-class _Exchange:
+class Exchange:
+    """One started exchange: :meth:`ModbusTcpConnection.start` makes it, ``finish`` or ``abandon`` ends it."""
+
     __slots__ = ("answers", "done", "frames", "pending", "sent", "window")
 
     def __init__(self, frames: Sequence[tuple[int, bytes]], window: int, done: asyncio.Future[None]) -> None:
@@ -106,7 +108,7 @@ class ModbusTcpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._tid = 0
-        self._exchange: _Exchange | None = None
+        self._exchange: Exchange | None = None
         self._timeout_s = 0.0
         self._deadline = 0.0  # no answer by then: the exchange times out (moved on by every answer)
         self._timer: asyncio.TimerHandle | None = None
@@ -132,32 +134,49 @@ class ModbusTcpConnection(asyncio.Protocol):
         """Send every ``(unit id, PDU)`` with at most ``window`` unanswered at once; the answers'
         PDUs in request order. Raises ExchangeFailed when no answer comes for ``timeout_s`` while
         requests are outstanding, or the connection ends."""
+        return await self.finish(self.start(frames, window=window, timeout_s=timeout_s))
+
+    def start(self, frames: Sequence[tuple[int, bytes]], *, window: int, timeout_s: float) -> Exchange:
+        """The first half of :meth:`exchange`: the first window goes out now, in the caller's step.
+        A caller with several connections starts them all, then :meth:`finish`es each in turn: no
+        task per connection, so it resumes one loop iteration after the last answer, not three."""
         if self._exchange is not None:
             raise RuntimeError("one exchange at a time on a connection")
-        if not frames:
-            return []
-        if self._transport is None or self._transport.is_closing():
+        if frames and (self._transport is None or self._transport.is_closing()):
             raise ExchangeFailed("lost", "not connected", [None] * len(frames))
-        exchange = _Exchange(frames, max(1, window), self._loop.create_future())
+        exchange = Exchange(frames, max(1, window), self._loop.create_future())
+        if not frames:
+            exchange.done.set_result(None)
+            return exchange
         self._exchange = exchange
         self._timeout_s = timeout_s
         self._deadline = self._loop.time() + timeout_s
         self._timer = self._loop.call_at(self._deadline, self._check_deadline)
         self._send_more(exchange)
+        return exchange
+
+    async def finish(self, exchange: Exchange) -> list[bytes]:
+        """The second half of :meth:`exchange`: wait for ``exchange``'s answers."""
         try:
             await exchange.done
         except asyncio.CancelledError:
             # E.g. a command's timeout: answers still due would arrive for the next exchange.
             # (Cancelling the caller cancels ``done`` too, so what is owed is told by ``pending``.)
-            if exchange.pending:
-                self.close()
+            self.abandon(exchange)
             raise
         finally:
-            self._exchange = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._end(exchange)
         return exchange.answers  # type: ignore[return-value]  # all answered once done succeeds
+
+    def abandon(self, exchange: Exchange) -> None:
+        """Give up a started exchange nobody will finish; with answers still due the connection ends."""
+        if exchange.pending:
+            self.close()
+        if not exchange.done.done():
+            exchange.done.cancel()
+        elif not exchange.done.cancelled():
+            exchange.done.exception()  # retrieved: nobody will look at its failure
+        self._end(exchange)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -203,7 +222,14 @@ class ModbusTcpConnection(asyncio.Protocol):
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _send_more(self, exchange: _Exchange) -> None:
+    def _end(self, exchange: Exchange) -> None:
+        if self._exchange is exchange:
+            self._exchange = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _send_more(self, exchange: Exchange) -> None:
         """Fill the window, in one write: one send for the lot."""
         assert self._transport is not None
         frames, pending = exchange.frames, exchange.pending
