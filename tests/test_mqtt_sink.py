@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.common.status import GOOD
 from gateway.readings import Reading
-from gateway.sinks.mqtt import DEFAULT_INFLIGHT_311, PUBLISH_SLICE, MqttSink, MqttSinkConfig, inflight_window
+from gateway.sinks.mqtt import DEFAULT_INFLIGHT_311, MqttSink, MqttSinkConfig, inflight_window
 from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
@@ -361,47 +361,6 @@ async def test_inflight_window_honours_the_brokers_receive_maximum(
         finally:
             await sink.close()
             sub.close()
-
-
-async def test_a_backlog_goes_to_paho_in_slices_with_the_loop_let_in_between(
-    mosquitto_server: MosquittoServer, tmp_path: Path
-) -> None:
-    """A window's worth of publishes in one step held the loop 20-26 ms at 10,000 values/s, in front of
-    every REST request that arrived meanwhile: between two turns of another task, at most a slice."""
-    # MQTT 3.1.1: the configured window applies (5 would take the broker's Receive Maximum, 20).
-    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", protocol="3.1.1", max_inflight=1000)
-    handed = 0
-    gaps: list[int] = []
-    running = True
-
-    async def ticker() -> None:
-        seen = 0
-        while running:
-            gaps.append(handed - seen)
-            seen = handed
-            await asyncio.sleep(0)
-
-    await sink.start()
-    try:
-        await wait_for(lambda: sink.stats().connected, 5, "sink connected")
-        client: Any = sink._client
-        publish = client.publish
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            nonlocal handed
-            handed += 1
-            return publish(*args, **kwargs)
-
-        client.publish = counting
-        tick = asyncio.create_task(ticker())
-        await sink.write([reading(i) for i in range(5 * PUBLISH_SLICE)])
-        await wait_for(lambda: sink.stats().outbox_depth == 0, 10, "outbox drained")
-        running = False
-        await tick
-    finally:
-        await sink.close()
-    assert handed >= 5 * PUBLISH_SLICE
-    assert 0 < max(gaps) <= PUBLISH_SLICE
 
 
 async def test_paho_runs_on_the_event_loop_and_close_leaves_nothing_behind(

@@ -49,10 +49,6 @@ from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
 
 log = logging.getLogger(__name__)
 
-# Records handed to paho per step of the publisher task: a window's worth (up to batch_max) in one
-# step held the loop 20-26 ms at 10,000 values/s, in front of every REST request that arrived meanwhile.
-PUBLISH_SLICE = 64
-
 
 class MqttSinkConfig(MqttConnectionConfig):
     """``[sinks.mqtt]``: the connection keys of :class:`MqttConnectionConfig` plus these."""
@@ -199,13 +195,11 @@ class MqttSink(OutboxForwarding):
             room = self._room(batch_max)
             if self._connected and room > 0:
                 after = self._cursor
-                records = await outbox.peek(min(room, PUBLISH_SLICE), after_id=after)
+                records = await outbox.peek(room, after_id=after)
                 # Re-checked after the read: the link may have dropped meanwhile (and, at QoS 0, moved
                 # the cursor back).
                 if records and self._connected and self._cursor == after:
                     self._publish(records)
-                    if len(records) == PUBLISH_SLICE:
-                        await asyncio.sleep(0)  # let the rest of the loop in before the next slice
                     continue
             await self._wake.wait()
 
