@@ -74,6 +74,18 @@ async def wait_for(cond: Any, what: str, deadline_s: float = 5.0) -> None:
     pytest.fail(f"not within {deadline_s}s: {what}")
 
 
+async def ignore(batch: list[Reading]) -> None:
+    pass
+
+
+def poller_of(interval_s: float, *sources: FakeSource) -> Poller:
+    """A poller of ``sources``, each at ``interval_s``, whose batches go nowhere."""
+    poller = Poller(ignore)
+    for src in sources:
+        poller.add(src, interval_s)
+    return poller
+
+
 def test_fake_source_satisfies_the_protocol() -> None:
     assert isinstance(FakeSource("x"), Source)
 
@@ -101,12 +113,8 @@ async def test_polls_at_interval_and_hands_batches_on() -> None:
 async def test_never_two_polls_at_once_and_overruns_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.poller")
 
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
     slow = FakeSource("slow", duration_s=0.05)
-    poller = Poller(on_batch)
-    poller.add(slow, 0.01)
+    poller = poller_of(0.01, slow)
     async with poller:
         for _ in range(5):
             poller.refresh("slow")  # refreshes during a poll must not start a second one
@@ -118,12 +126,8 @@ async def test_never_two_polls_at_once_and_overruns_logged_once(caplog: pytest.L
 
 
 async def test_refresh_polls_immediately() -> None:
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
     src = FakeSource("s")
-    poller = Poller(on_batch)
-    poller.add(src, 3600.0)
+    poller = poller_of(3600.0, src)
     async with poller:
         await wait_for(lambda: src.polls == 1, "first poll at start")
         poller.refresh("s")
@@ -156,12 +160,8 @@ async def test_a_failing_source_or_callback_does_not_stop_polling() -> None:
 
 async def test_a_refresh_while_waiting_starts_the_poll_in_the_next_iteration() -> None:
     # On a busy loop every hop waits for an iteration of everything else, so waking must cost one.
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
     src = FakeSource("s")
-    poller = Poller(on_batch)
-    poller.add(src, 3600.0)
+    poller = poller_of(3600.0, src)
     async with poller:
         await wait_for(lambda: src.polls == 1, "first poll at start")
         await asyncio.sleep(0)  # the poll task is now waiting for its next slot
@@ -171,12 +171,8 @@ async def test_a_refresh_while_waiting_starts_the_poll_in_the_next_iteration() -
 
 
 async def test_a_refresh_during_a_poll_polls_again_right_after() -> None:
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
     src = FakeSource("s", duration_s=0.05)
-    poller = Poller(on_batch)
-    poller.add(src, 3600.0)
+    poller = poller_of(3600.0, src)
     async with poller:
         await wait_for(lambda: src.active == 1, "first poll in progress")
         poller.refresh("s")
@@ -188,13 +184,8 @@ async def test_sources_slots_are_spread_over_the_interval() -> None:
     # Golden-ratio phases: source 0 at 0, source 1 at 0.618 and source 2 at 0.236 of the interval, so
     # after the first polls (all at once, at start) source 2 comes first, then 1, then 0 a whole
     # interval after start. The phases are 94 ms and more apart, far beyond a loop's jitter.
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
     sources = [FakeSource(f"s{n}") for n in range(3)]
-    poller = Poller(on_batch)
-    for src in sources:
-        poller.add(src, 0.4)
+    poller = poller_of(0.4, *sources)
     async with poller:
         await wait_for(lambda: all(len(s.starts) >= 2 for s in sources), "second polls")
     first = [s.starts[0] for s in sources]
@@ -204,11 +195,7 @@ async def test_sources_slots_are_spread_over_the_interval() -> None:
 
 
 def test_add_validates() -> None:
-    async def on_batch(batch: list[Reading]) -> None:
-        pass
-
-    poller = Poller(on_batch)
-    poller.add(FakeSource("a"), 1.0)
+    poller = poller_of(1.0, FakeSource("a"))
     with pytest.raises(ValueError, match="twice"):
         poller.add(FakeSource("a"), 1.0)
     with pytest.raises(ValueError, match="interval"):
