@@ -438,6 +438,7 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
                     "max_ms": float(max(hist)) if hist else None, "negative": counts["negative"]}
             result["db_good"] = db_good
             result["db_loss"] = int(read_total - db_good)
+            result["subscriber_unparsed"] = sub["unparsed"]  # mosquitto_sub's own messages in its output
             result["gateway"] = {
                 "pipeline_out": int(metric(final, "twinedge_pipeline_readings_out_total")),
                 "source_values": int(metric(final, "twinedge_source_values_total")),
@@ -492,7 +493,8 @@ def report(r: dict[str, Any]) -> str:
     lines += ["", f"database: {r['db_good']:,} Good points, loss {r['db_loss']}; gateway: pipeline out "
               f"{g['pipeline_out']:,}, overruns {g['overruns']}, source errors {g['source_errors']}, sink errors "
               f"{g['sink_errors']}, dropped {g['dropped']}, max outbox depth {g['outbox_depth_max']:,}; drained in "
-              f"{r['drain_s']} s; gateway {_fmt(r['gateway_values_per_cpu_s'])} values per CPU-second", "",
+              f"{r['drain_s']} s; gateway {_fmt(r['gateway_values_per_cpu_s'])} values per CPU-second; "
+              f"{r['subscriber_unparsed']} subscriber lines not messages", "",
               "| process | CPU % of one core | RSS MB (end of window) | peak RSS MB |", "|---|---:|---:|---:|"]
     for name, s in r["processes"].items():
         lines.append(f"| {name} | {s['cpu_pct'] if s['cpu_pct'] is not None else '-'} | {_fmt(s['rss_mb'])} "

@@ -344,12 +344,13 @@ class ModbusSource(SourceBase):
         """The readings of ``lane``'s started exchange (or of its failure to start); as :meth:`_read_lane`."""
         failure: ExchangeFailed | None = None
         answers: list[bytes] | list[bytes | None]
-        try:
-            if isinstance(exchange, ExchangeFailed):
-                raise exchange
-            answers = await pipe.finish(exchange)
-        except ExchangeFailed as exc:
-            failure, answers = exc, exc.answers
+        if isinstance(exchange, ExchangeFailed):  # it could not even start
+            failure, answers = exchange, exchange.answers
+        else:
+            try:
+                answers = await pipe.finish(exchange)
+            except ExchangeFailed as exc:
+                failure, answers = exc, exc.answers
         for n, answer in zip(self._lane_requests[lane], answers, strict=True):
             request = self.plan[n]
             if answer is None:  # unanswered when the exchange failed
