@@ -61,6 +61,34 @@ def proc_sample(pid: int) -> ProcSample | None:
     return ProcSample(cpu, kb.get("VmRSS", 0), kb.get("VmHWM", 0))
 
 
+def descendants(pid: int) -> list[int]:
+    """The live children of ``pid``, their children and so on (from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in task.read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def tree_sample(pid: int) -> ProcSample | None:
+    """``pid`` with its live descendants (the gateway's MQTT publisher process): CPU and RSS summed,
+    peak RSS as the sum of each one's peak (an upper bound of the tree's peak)."""
+    own = proc_sample(pid)
+    if own is None:
+        return None
+    cpu, rss, hwm = own.cpu_s, own.rss_kb, own.hwm_kb
+    for child in descendants(pid):
+        sample = proc_sample(child)
+        if sample is not None:
+            cpu, rss, hwm = cpu + sample.cpu_s, rss + sample.rss_kb, hwm + sample.hwm_kb
+    return ProcSample(cpu, rss, hwm)
+
+
 class Child:
     """One subprocess with its output in a log file."""
 

@@ -53,12 +53,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _procs import tree_sample
+
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "bench-admin-password-1"
 OPERATOR = {"username": "bench-op", "password": "bench-operator-pass-1", "role": "operator"}
 OPCUA_USER = {"name": "gw", "password": "gw-opcua-password", "role": "operator"}
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -68,9 +69,11 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (all threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    """User + system CPU seconds of a process and its live descendants (the gateway's MQTT publisher)."""
+    sample = tree_sample(pid)
+    if sample is None:
+        raise ProcessLookupError(pid)
+    return sample.cpu_s
 
 
 def pct(values: list[float], q: float) -> float:
@@ -159,7 +162,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, queue_size: int,
+def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: str | None, queue_size: int,
           keep: bool = False, load_plcs: int = 1, opcua_mode: str = "subscribe",
           modbus_connections: int = 1, modbus_pipeline: int = 1) -> Iterator[Stack]:
     import yaml
@@ -198,7 +201,7 @@ def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: bool, q
             binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             processes.append(_spawn([binary, "-c", str(tmp / "mosquitto.conf")], tmp / "mosquitto.log"))
             wait_until(lambda: tcp_open(port), 10, "mosquitto")
-            sinks["mqtt"] = {"enabled": True, "url": f"mqtt://{HOST}:{port}"}
+            sinks["mqtt"] = {"enabled": True, "url": f"mqtt://{HOST}:{port}", "publisher": mqtt}
         api_port = free_port()
         gateway_config = {
             "gateway": {"id": "gw-bench", "data_dir": str(tmp / "gateway"),
@@ -481,11 +484,16 @@ async def _rest_worker(api: str, assets: list[str], rps: float, start_at: float,
     return {"sent": i, "failures": failures, "latencies": latencies, "late": late}
 
 
+def mqtt_publisher(args: argparse.Namespace) -> str | None:
+    """The MQTT sink's publisher setting, or None to run without MQTT."""
+    return None if args.no_mqtt else str(args.mqtt_publisher)
+
+
 # -- ws + REST ---------------------------------------------------------------------------------------------
 
 
 def run_ws(args: argparse.Namespace) -> dict[str, Any]:
-    with stack(args.rate, args.interval_ms, 100, 200, not args.no_mqtt, args.queue_size, args.keep,
+    with stack(args.rate, args.interval_ms, 100, 200, mqtt_publisher(args), args.queue_size, args.keep,
                args.load_plcs, modbus_connections=args.modbus_connections,
                modbus_pipeline=args.modbus_pipeline) as s:
         if not s.load_assets:
@@ -557,7 +565,7 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
                            "max": round(max(latencies, default=float("nan")) * 1000, 1)},
             "reading_age_ms": {"p50": round(pct(ages, 50) * 1000, 1), "p99": round(pct(ages, 99) * 1000, 1)},
             "cpu_pct_of_one_core": {k: round((cpu1[k] - cpu0[k]) / elapsed * 100, 1) for k in cpu0},
-            "compression": args.compression, "ws_client": args.ws_client, "mqtt": not args.no_mqtt,
+            "compression": args.compression, "ws_client": args.ws_client, "mqtt": mqtt_publisher(args),
         }
         if rests:
             parts = [json.loads(out.read_text()) for _, out in rests]
@@ -630,7 +638,7 @@ async def _commands(s: Stack, count: int) -> dict[str, Any]:
 
 
 def run_commands(args: argparse.Namespace) -> dict[str, Any]:
-    with stack(args.rate, args.interval_ms, args.scan_ms, args.poll_ms, not args.no_mqtt, 256, args.keep,
+    with stack(args.rate, args.interval_ms, args.scan_ms, args.poll_ms, mqtt_publisher(args), 256, args.keep,
                args.load_plcs, args.opcua_mode, args.modbus_connections, args.modbus_pipeline) as s:
         cpu0, t0 = cpu_seconds(s.gateway.pid), time.time()
         report = asyncio.run(_commands(s, args.count))
@@ -686,6 +694,8 @@ def main() -> None:
         p.add_argument("--modbus-connections", type=int, default=1, help="TCP connections per load source")
         p.add_argument("--modbus-pipeline", type=int, default=1, help="requests outstanding per connection")
         p.add_argument("--no-mqtt", action="store_true", help="run without Mosquitto and the MQTT sink")
+        p.add_argument("--mqtt-publisher", choices=("process", "loop"), default="process",
+                       help="where the gateway runs paho (sinks.mqtt.publisher; default: %(default)s)")
         p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()
     if args.bench == "ws" and args.compression != "none" and args.ws_client == "raw":

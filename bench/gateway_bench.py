@@ -58,13 +58,14 @@ from _procs import (
     HOST,
     Child,
     ProcSample,
+    descendants,
     free_port,
     http_get,
     http_ok,
-    proc_sample,
     start_mosquitto,
     start_victoria_metrics,
     stop_all,
+    tree_sample,
     wait_until,
 )
 
@@ -260,14 +261,15 @@ def plant_config(layout: Layout, data_dir: Path) -> dict[str, Any]:
 
 
 def gateway_config(layout: Layout, data_dir: Path, catalogue: Path, mqtt_port: int, influx_url: str,
-                   api_port: int) -> dict[str, Any]:
+                   api_port: int, mqtt_publisher: str) -> dict[str, Any]:
     sources = [{"name": f"{plc_id}-{protocol}", "protocol": protocol, "plc": plc_id, "interval_ms": layout.interval_ms}
                | ({"connections": layout.modbus_connections, "pipeline": layout.modbus_pipeline}
                   if protocol == "modbus" else {})
                for protocol in PROTOCOLS for plc_id, _ in layout.plcs(protocol)]
     return {"gateway": {"id": "gw-bench", "data_dir": str(data_dir), "catalogue": str(catalogue)},
             "sources": sources,
-            "sinks": {"mqtt": {"url": f"mqtt://{HOST}:{mqtt_port}", "topic_prefix": PREFIX, "qos": 1},
+            "sinks": {"mqtt": {"url": f"mqtt://{HOST}:{mqtt_port}", "topic_prefix": PREFIX, "qos": 1,
+                               "publisher": mqtt_publisher},
                       "influx": {"enabled": True, "api": "v2", "url": influx_url, "token": "bench"}},
             "api": {"host": HOST, "port": api_port}}
 
@@ -347,11 +349,13 @@ def watch(children: list[Child], seconds: float) -> None:
 
 
 def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protocols: tuple[str, ...],
-             drain_s: float, keep: bool, modbus_connections: int = 1, modbus_pipeline: int = 1) -> dict[str, Any]:
+             drain_s: float, keep: bool, modbus_connections: int = 1, modbus_pipeline: int = 1,
+             mqtt_publisher: str = "process") -> dict[str, Any]:
     layout = Layout(rate, interval_ms, protocols, modbus_connections, modbus_pipeline)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     result: dict[str, Any] = {"rate_target": rate, "duration_s": duration, "warmup_s": warmup,
-                              "interval_ms": interval_ms, "load_before": os.getloadavg(),
+                              "interval_ms": interval_ms, "mqtt_publisher": mqtt_publisher,
+                              "load_before": os.getloadavg(),
                               "plcs": {p: layout.plcs(p) for p in protocols},
                               "expected_rate": {p: round(layout.expected_rate(p)) for p in protocols}}
     subscriber: Subscriber | None = None
@@ -368,7 +372,8 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
             wait_until(lambda: "plant ready" in plant.log_tail(), "plant ready", STARTUP_S, [plant], 0.5)
             api_port = free_port()
             (tmp / "gateway.yaml").write_text(json.dumps(gateway_config(
-                layout, tmp / "gateway", plant_dir / "catalogue.json", mqtt_port, vm_url, api_port), indent=1))
+                layout, tmp / "gateway", plant_dir / "catalogue.json", mqtt_port, vm_url, api_port, mqtt_publisher),
+                indent=1))
             gateway = Child("gateway", [sys.executable, "-m", "gateway", "--config", str(tmp / "gateway.yaml")],
                             tmp / "gateway.log", cwd=ROOT)
             sources = sum(len(layout.plcs(p)) for p in protocols)
@@ -378,8 +383,11 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
             children = [mosquitto, vm, plant, gateway]
             pids = {c.name: c.pid for c in children} | {"subscriber": subscriber.pid}
             watch(children, warmup)
+            # The gateway row counts its MQTT publisher process too; this row shows that part alone.
+            for worker in descendants(gateway.pid)[:1]:
+                pids["of which mqtt worker"] = worker
 
-            before = {n: proc_sample(p) for n, p in pids.items()}
+            before = {n: tree_sample(p) for n, p in pids.items()}
             m0, t0 = scrape(api_port), time.time()
             subscriber.window(t0, t0 + duration)
             depth_max = 0.0
@@ -388,7 +396,7 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
                 watch(children, min(5.0, max(0.0, end - time.monotonic())))
                 depth_max = max(depth_max, metric(scrape(api_port), "twinedge_outbox_depth"))
             m1, t1 = scrape(api_port), time.time()
-            after = {n: proc_sample(p) for n, p in pids.items()}
+            after = {n: tree_sample(p) for n, p in pids.items()}
             result["load_end"] = os.getloadavg()
             elapsed = t1 - t0
 
@@ -421,7 +429,7 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
                            max(10.0, drain_s - (time.monotonic() - drain_start)), [gateway], 2.0)
             result["drain_s"] = round(time.monotonic() - drain_start, 1)
             final, sub = scrape(api_port), subscriber.stats()
-            finals = {n: proc_sample(p) for n, p in pids.items()}
+            finals = {n: tree_sample(p) for n, p in pids.items()}
 
             result["protocols"] = {}
             for p in protocols:
@@ -530,6 +538,8 @@ def main() -> int:
                         help="requests outstanding per Modbus connection (the source's `pipeline` key)")
     parser.add_argument("--drain", type=float, default=300.0, help="max s to wait for the outboxes (%(default)s)")
     parser.add_argument("--sweep", action="store_true", help="short runs at " + ", ".join(map(str, SWEEP_RATES)))
+    parser.add_argument("--mqtt-publisher", choices=("process", "loop"), default="process",
+                        help="where the gateway runs paho (sinks.mqtt.publisher; default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()
@@ -542,7 +552,7 @@ def main() -> int:
     for rate in (SWEEP_RATES if args.sweep else (args.rate,)):
         try:
             result = run_once(rate, duration, warmup, args.interval_ms, protocols, args.drain, args.keep,
-                              args.modbus_connections, args.modbus_pipeline)
+                              args.modbus_connections, args.modbus_pipeline, args.mqtt_publisher)
         except (RuntimeError, TimeoutError, OSError) as exc:
             if not args.sweep:
                 raise

@@ -63,7 +63,8 @@ class AlertMqttPublisher:
         mqtt = config.sinks.mqtt
         self.topics = AlertTopics(mqtt.topic_prefix)
         client_id = f"{mqtt.client_id or 'twinedge-' + config.gateway.id + '-mqtt'}-alerts"
-        self.sink = MqttSink(mqtt.model_copy(update={"retain": True, "client_id": client_id}),
+        # A few messages a minute: not worth a publisher process of its own.
+        self.sink = MqttSink(mqtt.model_copy(update={"retain": True, "client_id": client_id, "publisher": "loop"}),
                              f"{config.gateway.id}-alerts", config.gateway.data_dir, encoder=self.topics)
         self.sink.name = "mqtt-alerts"  # its own outbox file, next to the telemetry one
         self.assets = assets

@@ -1,5 +1,6 @@
-"""MqttSink against a real Mosquitto: payloads, retained status, Will, outage and recovery, and paho
-driven from the event loop (no paho thread, no blocking connect)."""
+"""MqttSink against a real Mosquitto: payloads, retained status, Will, outage and recovery, with paho in
+a worker process (the default) and driven from the gateway's own event loop (no paho thread, no
+blocking connect)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.common.status import GOOD
 from gateway.readings import Reading
-from gateway.sinks.mqtt import DEFAULT_INFLIGHT_311, MqttSink, MqttSinkConfig, inflight_window
+from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
+from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, inflight_window
 from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
 STATUS_TOPIC = "twinedge/_gateway/gw1/status"
+PUBLISHERS = ["process", "loop"]
 SEQ_TOPIC = "twinedge/mine-a/level-3/conveyor-01/seq"
 
 
@@ -149,6 +152,10 @@ def tls_mosquitto(tmp: Path, user: str, password: str) -> Iterator[tuple[int, Pa
         broker.stop()
 
 
+def process_exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 def paho_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("paho")]
 
@@ -161,11 +168,12 @@ async def test_config_rejects_unknown_keys_and_bad_url() -> None:
     assert MqttSinkConfig(url="mqtts://u:p@broker:8883").qos == 1
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 async def test_publishes_asset_messages_and_retained_status(
-    mosquitto_server: MosquittoServer, tmp_path: Path
+    publisher: str, mosquitto_server: MosquittoServer, tmp_path: Path
 ) -> None:
     sub = await asyncio.to_thread(Subscriber, mosquitto_server, "twinedge/#")
-    sink = make_sink(mosquitto_server.url, tmp_path)
+    sink = make_sink(mosquitto_server.url, tmp_path, publisher=publisher)
     try:
         await sink.start()
         await wait_for(sub.subscribed.is_set, 5, "subscription")
@@ -204,10 +212,12 @@ async def test_publishes_asset_messages_and_retained_status(
         late.close()
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 async def test_online_status_then_last_will_on_crash(
-    mosquitto_server: MosquittoServer, tmp_path: Path
+    publisher: str, mosquitto_server: MosquittoServer, tmp_path: Path
 ) -> None:
-    """SIGKILL the gateway process: the broker publishes the retained Will {"online": false}."""
+    """SIGKILL the gateway process: the broker publishes the retained Will {"online": false}. A worker
+    process sees its pipe end and drops the link without a DISCONNECT, and does not outlive the gateway."""
     sub = await asyncio.to_thread(Subscriber, mosquitto_server, STATUS_TOPIC)
     await wait_for(sub.subscribed.is_set, 5, "subscription")
     code = textwrap.dedent(
@@ -215,12 +225,12 @@ async def test_online_status_then_last_will_on_crash(
         import asyncio, sys
         from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
         async def main():
-            cfg = MqttSinkConfig(url={mosquitto_server.url!r}, keepalive_s=2)
+            cfg = MqttSinkConfig(url={mosquitto_server.url!r}, keepalive_s=2, publisher={publisher!r})
             sink = MqttSink(cfg, "gw1", {str(tmp_path)!r})
             await sink.start()
             while not sink.stats().connected:
                 await asyncio.sleep(0.02)
-            print("connected", flush=True)
+            print("connected", sink._publisher.pid if {publisher!r} == "process" else 0, flush=True)
             await asyncio.sleep(60)
         asyncio.run(main())
         """
@@ -230,11 +240,13 @@ async def test_online_status_then_last_will_on_crash(
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        assert line.strip() == b"connected"
+        word, worker_pid = (await asyncio.wait_for(proc.stdout.readline(), 15)).split()
+        assert word == b"connected"
         await wait_for(lambda: {"online": True} in sub.payloads(STATUS_TOPIC), 5, "online status")
         proc.send_signal(signal.SIGKILL)
         await wait_for(lambda: sub.payloads(STATUS_TOPIC)[-1] == {"online": False}, 10, "last will")
+        if int(worker_pid):
+            await wait_for(lambda: not process_exists(int(worker_pid)), 5, "the worker exited")
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -255,12 +267,13 @@ async def test_outbox_full_drops_oldest_and_counts(tmp_path: Path) -> None:
         await sink.close()
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 async def test_broker_down_at_start_logs_once_then_recovers(
-    mosquitto_server: MosquittoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    publisher: str, mosquitto_server: MosquittoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.sinks.mqtt")
     await asyncio.to_thread(mosquitto_server.stop)
-    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", publisher=publisher)
     await sink.start()  # must not raise
     try:
         await sink.write([reading(i) for i in range(3)])
@@ -280,8 +293,11 @@ async def test_broker_down_at_start_logs_once_then_recovers(
         await sink.close()
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 @pytest.mark.parametrize(("protocol", "qos"), [("5", 1), ("3.1.1", 2)])
-async def test_broker_restart_mid_stream_delivers_everything_in_order(protocol: str, qos: int, tmp_path: Path) -> None:
+async def test_broker_restart_mid_stream_delivers_everything_in_order(
+    protocol: str, qos: int, publisher: str, tmp_path: Path
+) -> None:
     """Fault matrix §5.5 #1: stop Mosquitto while writing, restart on the same port; every record
     arrives afterwards, in order, with its original timestamp (duplicates allowed: QoS 1).
 
@@ -292,7 +308,7 @@ async def test_broker_restart_mid_stream_delivers_everything_in_order(protocol: 
     with run_mosquitto(tmp_path / "broker", persistence=True) as server:
         sub = await asyncio.to_thread(Subscriber, server, SEQ_TOPIC, client_id="checker", persistent=True)
         await wait_for(sub.subscribed.is_set, 5, "subscription")
-        sink = make_sink(server.url, tmp_path, layout="tag", protocol=protocol, qos=qos)
+        sink = make_sink(server.url, tmp_path, layout="tag", protocol=protocol, qos=qos, publisher=publisher)
         await sink.start()
         try:
             await wait_for(lambda: sink.stats().connected, 5, "sink connected")
@@ -316,14 +332,16 @@ async def test_broker_restart_mid_stream_delivers_everything_in_order(protocol: 
     assert sink.stats().dropped == 0
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 @pytest.mark.parametrize("qos", [0, 1, 2])
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_every_qos_and_protocol_delivers_in_order(
-    protocol: str, qos: int, mosquitto_server: MosquittoServer, tmp_path: Path
+    protocol: str, qos: int, publisher: str, mosquitto_server: MosquittoServer, tmp_path: Path
 ) -> None:
     n = 300
     sub = await asyncio.to_thread(Subscriber, mosquitto_server, SEQ_TOPIC)
-    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", protocol=protocol, qos=qos, batch_max=50)
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", protocol=protocol, qos=qos, batch_max=50,
+                     publisher=publisher)
     try:
         await wait_for(sub.subscribed.is_set, 5, "subscription")
         await sink.start()
@@ -337,10 +355,11 @@ async def test_every_qos_and_protocol_delivers_in_order(
         sub.close()
 
 
+@pytest.mark.parametrize("publisher", PUBLISHERS)
 @pytest.mark.parametrize(("protocol", "configured", "window"), [
     ("5", 100, 5), ("5", None, 5), ("3.1.1", 100, 100), ("3.1.1", None, DEFAULT_INFLIGHT_311)])
 async def test_inflight_window_honours_the_brokers_receive_maximum(
-    protocol: str, configured: int | None, window: int, tmp_path: Path
+    protocol: str, configured: int | None, window: int, publisher: str, tmp_path: Path
 ) -> None:
     """MQTT 5: never more unacknowledged PUBLISHes than the broker's Receive Maximum (Mosquitto sends
     max_inflight_messages), which is also the window when none is configured; 3.1.1 has no such
@@ -349,7 +368,8 @@ async def test_inflight_window_honours_the_brokers_receive_maximum(
     with run_mosquitto(tmp_path / "broker", extra=["max_inflight_messages 5"]) as broker:
         sub = await asyncio.to_thread(Subscriber, broker, SEQ_TOPIC)
         qos = 2 if protocol == "5" else 1  # 3.1.1 beyond the limit is disconnected over and over at QoS 2
-        sink = make_sink(broker.url, tmp_path, layout="tag", protocol=protocol, max_inflight=configured, qos=qos)
+        sink = make_sink(broker.url, tmp_path, layout="tag", protocol=protocol, max_inflight=configured, qos=qos,
+                         publisher=publisher)
         try:
             await wait_for(sub.subscribed.is_set, 5, "subscription")
             await sink.start()
@@ -371,7 +391,7 @@ async def test_paho_runs_on_the_event_loop_and_close_leaves_nothing_behind(
     loop = asyncio.get_running_loop()
     watched_before = set(loop._selector.get_map())
     tasks_before = asyncio.all_tasks()
-    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", publisher="loop")
     await sink.start()
     try:
         await wait_for(lambda: sink.stats().connected, 5, "sink connected")
@@ -385,12 +405,13 @@ async def test_paho_runs_on_the_event_loop_and_close_leaves_nothing_behind(
     assert asyncio.all_tasks() == tasks_before
 
 
-async def test_blackholed_broker_does_not_block_the_event_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+async def test_blackholed_broker_does_not_block_the_event_loop(publisher: str, tmp_path: Path) -> None:
     """A connect to a host that drops SYNs blocks for paho's connect timeout (5 s); it runs on a worker
     thread, so the loop keeps ticking, and close() during the attempt waits for it without leaking."""
     tasks_before = asyncio.all_tasks()
     with blackholed_port() as port:
-        sink = make_sink(f"mqtt://127.0.0.1:{port}", tmp_path)
+        sink = make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, publisher=publisher)
         await sink.start()
         try:
             started = last = time.monotonic()
@@ -413,12 +434,12 @@ async def test_qos0_records_lost_with_the_link_are_published_again(
     the sink takes those records from the outbox again rather than wait for them forever."""
     n = 10
     sub = await asyncio.to_thread(Subscriber, mosquitto_server, SEQ_TOPIC)
-    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", qos=0)
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag", qos=0, publisher="loop")
     try:
         await wait_for(sub.subscribed.is_set, 5, "subscription")
         await sink.start()
         await wait_for(lambda: sink.stats().connected, 5, "sink connected")
-        client: Any = sink._client
+        client: Any = sink._publisher._client  # type: ignore[union-attr]
         publish = client.publish
         calls = 0
 
@@ -471,3 +492,38 @@ async def test_tls_with_password_refused_then_accepted(tmp_path: Path) -> None:
 def test_inflight_window_rule(configured: int | None, receive_maximum: int | None, window: int) -> None:
     assert inflight_window(configured, receive_maximum) == window
 
+
+
+async def test_a_killed_worker_is_replaced_and_nothing_is_lost(
+    mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    """The publisher process ignores SIGTERM (the gateway drains first); killed outright, it takes
+    paho's unacknowledged messages with it, and the sink starts another that publishes them again from
+    the outbox: every record arrives, in order of first delivery, and close() leaves no process behind."""
+    n, per_batch = 200, 20
+    sub = await asyncio.to_thread(Subscriber, mosquitto_server, SEQ_TOPIC)
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    await wait_for(sub.subscribed.is_set, 5, "subscription")
+    await sink.start()
+    publisher: Any = sink._publisher
+    try:
+        await wait_for(lambda: sink.stats().connected, 10, "sink connected")
+        first_pid = publisher.pid
+        os.kill(first_pid, signal.SIGTERM)
+        for b in range(n // per_batch):
+            await sink.write([reading(i) for i in range(b * per_batch, (b + 1) * per_batch)])
+            if b == 3:
+                await wait_for(lambda: len(seq_values(sub)) >= 3 * per_batch, 10, "some records delivered")
+                assert publisher.pid == first_pid, "SIGTERM must not stop the worker"
+                os.kill(first_pid, signal.SIGKILL)
+        await wait_for(lambda: sink.stats().outbox_depth == 0, 20, "outbox drained by the next worker")
+        await wait_for(lambda: len(seq_values(sub)) == n, 10, "all records")
+        assert seq_values(sub) == [float(i) for i in range(n)]
+        assert publisher.pid not in (None, first_pid)
+        assert sink.stats().errors >= 1
+        assert sink.stats().dropped == 0
+        last_pid = publisher.pid
+    finally:
+        await sink.close()
+        sub.close()
+    assert not process_exists(last_pid)

@@ -1,0 +1,164 @@
+"""The MQTT sink's publisher in a worker process (:mod:`gateway.sinks.mqtt_worker`), on another core.
+
+The sink keeps the outbox, the cursor and every count; the worker only runs paho. Records go to it over
+a pipe, framed (:mod:`gateway.sinks.mqtt_frames`), and acknowledgements come back as contiguous prefixes
+(``acked`` up to an id), so the outbox still removes only what the broker confirmed.
+
+A worker that dies (crash, OOM kill) takes paho's unacknowledged messages with it. The sink hears a
+link loss and a resend from the last acknowledged id, and a new worker is started with the same
+backoff as a broker reconnect: nothing acknowledged is lost, and what was in flight is published again
+(at-least-once, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections import deque
+from collections.abc import Sequence
+
+from gateway.sinks.mqtt_frames import WorkerHello, batch_frame, close_frame
+from gateway.sinks.mqtt_link import RECONNECT_MAX_S, RECONNECT_MIN_S
+from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, MqttPublishConfig, PublisherListener
+from gateway.sinks.outbox import OutboxRecord
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 10.0  # a worker disconnecting from a broker that stopped reading is killed after this
+
+
+class ProcessPublisher:
+    """Same face as :class:`~gateway.sinks.mqtt_publisher.LoopPublisher`, with paho in a child process."""
+
+    def __init__(
+        self, config: MqttPublishConfig, client_id: str, status_topic: str, listener: PublisherListener
+    ) -> None:
+        self.config = config
+        self._hello = WorkerHello(config=config, client_id=client_id, status_topic=status_topic,
+                                  log_level=logging.getLogger().getEffectiveLevel()).model_dump_json()
+        self._listener = listener
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._window = DEFAULT_INFLIGHT_311
+        self._handed: deque[int] = deque()  # ids handed to the worker and not yet acknowledged, oldest first
+        self._acked_id = 0
+        self._generation = 0
+        self._closing = False
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, while one runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="mqtt-worker")
+
+    def room(self, batch_max: int) -> int:
+        if not self._connected:
+            return 0
+        limit = batch_max if self.config.qos == 0 else min(batch_max, self._window)
+        return limit - len(self._handed)
+
+    def publish(self, records: Sequence[OutboxRecord]) -> int:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return 0
+        # No drain: at most a window of records is outstanding, so the pipe's buffer stays bounded.
+        proc.stdin.write(batch_frame(self._generation, records))
+        self._handed.extend(rec.id for rec in records)
+        return len(records)
+
+    async def close(self) -> None:
+        """Have the worker say offline and disconnect, then wait for it (killing it after a timeout)."""
+        self._closing = True
+        task, proc = self._task, self._proc
+        if task is None:
+            return
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            task.cancel()  # between workers: nothing to say offline with
+        else:
+            proc.stdin.write(close_frame())
+            try:
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("mqtt: publisher process did not exit in %.0f s; killed", CLOSE_TIMEOUT_S)
+                proc.kill()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._connected = False
+
+    # -- the worker's life ------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = RECONNECT_MIN_S
+        while not self._closing:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.sinks.mqtt_worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            self._proc = proc
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(self._hello.encode() + b"\n")
+            try:
+                ever_up = await self._relay(proc.stdout)
+            finally:
+                if proc.returncode is None and not self._closing:
+                    proc.kill()  # cancelled, or its output was garbage: it must not outlive us
+                returncode = await proc.wait()
+            if self._closing:
+                return
+            self._worker_lost(returncode)
+            delay = RECONNECT_MIN_S if ever_up else min(2 * delay, RECONNECT_MAX_S)
+            await asyncio.sleep(delay)
+
+    async def _relay(self, stdout: asyncio.StreamReader) -> bool:
+        """Hand the worker's events to the listener until its stdout ends; whether it ever connected."""
+        ever_up = False
+        listener = self._listener
+        while line := await stdout.readline():
+            event = json.loads(line)
+            kind = event["e"]
+            if kind == "acked":
+                upto, handed = event["upto"], self._handed
+                while handed and handed[0] <= upto:
+                    handed.popleft()
+                self._acked_id = upto
+                listener.acked(upto, event["published"], event["rejected"])
+            elif kind == "up":
+                ever_up = True
+                self._connected = True
+                self._window = event["window"]
+                listener.link_up(self._window)
+            elif kind == "down":
+                self._connected = False
+                listener.link_down(event["why"])
+            elif kind == "resend":
+                self._generation = event["generation"]
+                self._handed.clear()
+                listener.resend_after(event["after"])
+            elif kind == "closed":
+                self._connected = False
+        return ever_up
+
+    def _worker_lost(self, returncode: int) -> None:
+        """Everything the worker held unacknowledged is published again by the next one."""
+        self._connected = False
+        self._handed.clear()
+        self._generation = 0
+        self._proc = None
+        log.error("mqtt: publisher process exited with code %d; starting another", returncode)
+        self._listener.link_down(f"publisher process exited with code {returncode}")
+        self._listener.resend_after(self._acked_id)
