@@ -527,3 +527,27 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(
         await sink.close()
         sub.close()
     assert not process_exists(last_pid)
+
+
+@pytest.mark.parametrize("worker", ["missing", "garbled"])
+async def test_a_worker_that_cannot_start_or_speaks_garbage_is_retried_without_loss(
+    worker: str, mosquitto_server: MosquittoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No usable publisher process: each attempt is an error, logged, and retried with backoff; the
+    records wait in the outbox, and close() stops whatever was started."""
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho 'this is not an event'\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake) if worker == "garbled" else str(tmp_path / "missing"))
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    await sink.start()
+    try:
+        await sink.write([reading(i) for i in range(5)])
+        await wait_for(lambda: sink.stats().errors >= 2, 10, "two failed publisher processes")
+        assert not sink.stats().connected
+        assert sink.stats().outbox_depth == 5
+        expected = "garbled event" if worker == "garbled" else "could not be started"
+        assert any(expected in r.getMessage() for r in caplog.records)
+    finally:
+        await asyncio.wait_for(sink.close(), 10)

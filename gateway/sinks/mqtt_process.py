@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.sinks.mqtt_frames import WorkerHello, batch_frame, close_frame
 from gateway.sinks.mqtt_link import RECONNECT_MAX_S, RECONNECT_MIN_S
@@ -48,6 +50,7 @@ class ProcessPublisher:
         self._acked_id = 0
         self._generation = 0
         self._closing = False
+        self._worker_up = False  # the current worker has connected at least once
 
     @property
     def window(self) -> int:
@@ -66,10 +69,14 @@ class ProcessPublisher:
         self._task = asyncio.create_task(self._supervise(), name="mqtt-worker")
 
     def room(self, batch_max: int) -> int:
+        """Up to a batch beyond the window: the worker holds those and publishes each the moment a
+        PUBACK frees a slot, so refilling the window costs its own round trip to the broker, not one
+        through our (busier) loop as well. Waiting for our loop capped MQTT at about 33,000 values/s
+        at the 50k target, with the window at 1,000 (BENCHMARKS.md)."""
         if not self._connected:
             return 0
-        limit = batch_max if self.config.qos == 0 else min(batch_max, self._window)
-        return limit - len(self._handed)
+        window = batch_max if self.config.qos == 0 else self._window
+        return min(batch_max, window + batch_max - len(self._handed))
 
     def publish(self, records: Sequence[OutboxRecord]) -> int:
         proc = self._proc
@@ -104,29 +111,41 @@ class ProcessPublisher:
     async def _supervise(self) -> None:
         delay = RECONNECT_MIN_S
         while not self._closing:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.sinks.mqtt_worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )
-            self._proc = proc
-            assert proc.stdin is not None
-            assert proc.stdout is not None
-            proc.stdin.write(self._hello.encode() + b"\n")
-            try:
-                ever_up = await self._relay(proc.stdout)
-            finally:
-                if proc.returncode is None and not self._closing:
-                    proc.kill()  # cancelled, or its output was garbage: it must not outlive us
-                returncode = await proc.wait()
+            ever_up = await self._run_worker()
             if self._closing:
                 return
-            self._worker_lost(returncode)
             delay = RECONNECT_MIN_S if ever_up else min(2 * delay, RECONNECT_MAX_S)
             await asyncio.sleep(delay)
 
-    async def _relay(self, stdout: asyncio.StreamReader) -> bool:
-        """Hand the worker's events to the listener until its stdout ends; whether it ever connected."""
-        ever_up = False
+    async def _run_worker(self) -> bool:
+        """Start a worker and relay its events until it ends; whether it ever connected."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.sinks.mqtt_worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_worker_env(),
+            )
+        except OSError as exc:
+            self._worker_lost(f"could not be started: {exc}")
+            return False
+        self._proc = proc
+        self._worker_up = False
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(self._hello.encode() + b"\n")
+        try:
+            await self._relay(proc.stdout)
+        except (ValueError, LookupError, TypeError) as exc:  # not one of our events: stop that worker
+            log.error("mqtt: publisher process sent a garbled event (%s)", exc)
+        finally:
+            if proc.returncode is None and not self._closing:
+                proc.kill()  # cancelled, or its output was garbage: it must not outlive us
+            returncode = await proc.wait()
+        if not self._closing:
+            self._worker_lost(f"exited with code {returncode}")
+        return self._worker_up
+
+    async def _relay(self, stdout: asyncio.StreamReader) -> None:
+        """Hand the worker's events to the listener until its stdout ends."""
         listener = self._listener
         while line := await stdout.readline():
             event = json.loads(line)
@@ -138,7 +157,7 @@ class ProcessPublisher:
                 self._acked_id = upto
                 listener.acked(upto, event["published"], event["rejected"])
             elif kind == "up":
-                ever_up = True
+                self._worker_up = True
                 self._connected = True
                 self._window = event["window"]
                 listener.link_up(self._window)
@@ -151,14 +170,22 @@ class ProcessPublisher:
                 listener.resend_after(event["after"])
             elif kind == "closed":
                 self._connected = False
-        return ever_up
 
-    def _worker_lost(self, returncode: int) -> None:
+    def _worker_lost(self, why: str) -> None:
         """Everything the worker held unacknowledged is published again by the next one."""
         self._connected = False
         self._handed.clear()
         self._generation = 0
         self._proc = None
-        log.error("mqtt: publisher process exited with code %d; starting another", returncode)
-        self._listener.link_down(f"publisher process exited with code {returncode}")
+        log.error("mqtt: publisher process %s; starting another", why)
+        self._listener.link_down(f"publisher process {why}")
         self._listener.resend_after(self._acked_id)
+
+
+def _worker_env() -> dict[str, str]:
+    """The gateway's environment, with the directory holding the ``gateway`` package first on the path,
+    so the worker imports the same code even when the gateway runs from a checkout it was not started in."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
