@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import getpass
 import json
 import logging
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.common.status import GOOD
 from gateway.readings import Reading
 from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
+from gateway.sinks.mqtt_link import BufferedReadClient
 from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, inflight_window
 from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
@@ -551,3 +553,41 @@ async def test_a_worker_that_cannot_start_or_speaks_garbage_is_retried_without_l
         assert any(expected in r.getMessage() for r in caplog.records)
     finally:
         await asyncio.wait_for(sink.close(), 10)
+
+
+async def test_the_pipe_to_the_worker_holds_a_window_of_records(
+    mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    """With a 64 KiB pipe a busy gateway fed its worker 64 KiB per loop turn; the sink widens it."""
+    sink = make_sink(mosquitto_server.url, tmp_path, layout="tag")
+    await sink.start()
+    try:
+        await wait_for(lambda: sink.stats().connected, 10, "sink connected")
+        publisher: Any = sink._publisher
+        pipe = publisher._proc.stdin.transport.get_extra_info("pipe")
+        limit = int(await asyncio.to_thread(Path("/proc/sys/fs/pipe-max-size").read_text))
+        assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= min(1 << 20, limit)
+    finally:
+        await sink.close()
+
+
+def test_the_buffered_client_serves_small_reads_from_one_recv() -> None:
+    """Paho reads a packet byte by byte; the client takes what the socket holds at once and hands it
+    out in paho's sizes, and still reports an empty socket (BlockingIOError) and a closed one (b"")."""
+    client = BufferedReadClient(CallbackAPIVersion.VERSION2, client_id="t")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        client._sock = ours
+        puback = bytes([0x40, 0x02, 0x00, 0x07])
+        theirs.sendall(puback * 3)
+        pieces = [client._sock_recv(1), client._sock_recv(1), client._sock_recv(2)]
+        assert pieces == [b"\x40", b"\x02", b"\x00\x07"]
+        assert client.buffered == 8
+        assert client._sock_recv(100) == puback * 2
+        assert client.buffered == 0
+        with pytest.raises(BlockingIOError):
+            client._sock_recv(1)
+        theirs.shutdown(socket.SHUT_WR)
+        assert client._sock_recv(1) == b""
+        client._sock = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -131,6 +132,7 @@ class ProcessPublisher:
         self._worker_up = False
         assert proc.stdin is not None
         assert proc.stdout is not None
+        _widen_pipe(proc.stdin)
         proc.stdin.write(self._hello.encode() + b"\n")
         try:
             await self._relay(proc.stdout)
@@ -180,6 +182,26 @@ class ProcessPublisher:
         log.error("mqtt: publisher process %s; starting another", why)
         self._listener.link_down(f"publisher process {why}")
         self._listener.resend_after(self._acked_id)
+
+
+PIPE_BYTES = 4 << 20
+
+
+def _widen_pipe(stream: asyncio.StreamWriter) -> None:
+    """Make the pipe to the worker hold a whole window of records (Linux: F_SETPIPE_SZ, within
+    ``/proc/sys/fs/pipe-max-size``, 1 MiB by default). With the default 64 KiB, a frame of 500 records of
+    400 bytes was written 64 KiB per turn of our loop, and on a busy gateway the worker sat idle with
+    1,500 records on their way to it: MQTT delivery fell to two thirds of what the sources read."""
+    pipe = stream.transport.get_extra_info("pipe")
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if pipe is None or set_size is None:
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), set_size, min(PIPE_BYTES, limit))
 
 
 def _worker_env() -> dict[str, str]:
