@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gateway.sinks.mqtt_frames import WorkerHello, batch_frame, close_frame
 from gateway.sinks.mqtt_link import RECONNECT_MAX_S, RECONNECT_MIN_S
-from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, MqttPublishConfig, PublisherListener
+from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, LinkState, MqttPublishConfig, PublisherListener
 from gateway.sinks.outbox import OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 10.0  # a worker disconnecting from a broker that stopped reading is killed after this
 
 
-class ProcessPublisher:
+class ProcessPublisher(LinkState):
     """Same face as :class:`~gateway.sinks.mqtt_publisher.LoopPublisher`, with paho in a child process."""
 
     def __init__(
@@ -54,14 +54,6 @@ class ProcessPublisher:
         self._worker_up = False  # the current worker has connected at least once
 
     @property
-    def window(self) -> int:
-        return self._window
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
     def pid(self) -> int | None:
         """The worker's process id, while one runs."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
@@ -72,8 +64,8 @@ class ProcessPublisher:
     def room(self, batch_max: int) -> int:
         """Up to a batch beyond the window: the worker holds those and publishes each the moment a
         PUBACK frees a slot, so refilling the window costs its own round trip to the broker, not one
-        through our (busier) loop as well. Waiting for our loop capped MQTT at about 33,000 values/s
-        at the 50k target, with the window at 1,000 (BENCHMARKS.md)."""
+        through our busier loop as well (with Mosquitto's default window of 20 that round trip is the
+        whole throughput: 20 messages per trip)."""
         if not self._connected:
             return 0
         window = batch_max if self.config.qos == 0 else self._window

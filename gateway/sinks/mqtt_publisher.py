@@ -91,7 +91,22 @@ def status_payload(online: bool) -> str:
     return json.dumps({"online": online})
 
 
-class LoopPublisher:
+class LinkState:
+    """What a sink reads off either publisher: the link is up, and the window it has."""
+
+    _connected: bool
+    _window: int
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+
+class LoopPublisher(LinkState):
     """Publishes outbox records through one paho client driven by the running event loop."""
 
     def __init__(
@@ -110,14 +125,6 @@ class LoopPublisher:
         self._acked_id = 0  # highest id whose whole prefix is acknowledged
         self._window = DEFAULT_INFLIGHT_311  # QoS 1/2 PUBLISHes unacknowledged at once; set per CONNACK
         self._status_mids: set[int] = set()  # status messages (QoS 1) awaiting their PUBACK
-
-    @property
-    def window(self) -> int:
-        return self._window
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
 
     async def start(self) -> None:
         # tls_set reads certificate files: keep that off the loop.

@@ -34,7 +34,8 @@ class Relay:
 
     Acknowledgements are summed and written once per loop iteration (paho reports a burst of PUBACKs
     one by one); every other event first writes the acknowledgements before it, so the sink sees them
-    in order. Records beyond the window wait here (the sink's view of the window lags by a pipe hop).
+    in order. The sink hands over up to a batch beyond the window; those wait here and go out as
+    PUBACKs free slots, without a trip through the sink's loop.
     """
 
     def __init__(self, out: BinaryIO) -> None:
