@@ -52,6 +52,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
+from _procs import tree_sample
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,6 @@ TB_RPC_RESPONSE = "v1/devices/me/rpc/response/"
 TE_PREFIX = "tebench"
 CONVEYOR_TAGS = 11  # devices/assets/conveyor.py
 CASES = ("opcua-poll", "opcua-sub", "modbus")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -166,49 +166,15 @@ def stop_all() -> None:
         child.stop(grace_s=5.0)
 
 
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(parents.get(current, []))
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its live descendants (all threads)."""
-    total = 0.0
-    for p in _descendants(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    return total
+    """User + system time of ``pid`` and its live descendants (all threads); 0 once it is gone."""
+    sample = tree_sample(pid)
+    return sample.cpu_s if sample is not None else 0.0
 
 
 def rss_mb(pid: int) -> float:
-    total_kb = 0
-    for p in _descendants(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total_kb += int(line.split()[1])
-    return total_kb / 1024
+    sample = tree_sample(pid)
+    return sample.rss_kb / 1024 if sample is not None else 0.0
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, child: Child | None = None) -> None:

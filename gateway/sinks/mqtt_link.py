@@ -112,7 +112,7 @@ class BufferedReadClient(mqtt.Client):
 
 def make_client(
     config: MqttConnectionConfig, client_id: str, *, clean_start: CleanStartOption, paho_inflight: int = 20
-) -> mqtt.Client:
+) -> BufferedReadClient:
     """A paho client for ``config``, not connected. Blocking (``tls_set`` reads certificate files): call
     it off the loop. ``clean_start`` is paho's MQTT 5 option (``MQTT_CLEAN_START_FIRST_ONLY`` or a bool);
     MQTT 3.1.1 always gets a clean session. ``paho_inflight`` is paho's own QoS 1/2 window (20 is its
@@ -148,7 +148,7 @@ class MqttLink:
 
     def __init__(
         self,
-        client: mqtt.Client,
+        client: BufferedReadClient,
         *,
         misc_interval_s: float,
         retry_min_s: float,
@@ -264,10 +264,7 @@ class MqttLink:
         # make it readable again, so they would wait for the next packet; paho's own loop checks
         # pending() the same way.
         sock = client.socket()
-        while sock is not None and (
-            (isinstance(client, BufferedReadClient) and client.buffered > 0)
-            or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
-        ):
+        while sock is not None and (client.buffered > 0 or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)):
             client.loop_read()
             sock = client.socket()
 

@@ -34,6 +34,7 @@ from gateway.sinks.mqtt_link import (
     MISC_INTERVAL_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
+    BufferedReadClient,
     MqttConnectionConfig,
     MqttLink,
     make_client,
@@ -116,7 +117,7 @@ class LoopPublisher(LinkState):
         self.client_id = client_id
         self.status_topic = status_topic
         self._listener = listener
-        self._client: mqtt.Client | None = None
+        self._client: BufferedReadClient | None = None
         self._link: MqttLink | None = None
         self._connected = False
         self._inflight: deque[int] = deque()  # outbox ids handed to paho, oldest first
@@ -138,7 +139,7 @@ class LoopPublisher(LinkState):
         )
         self._link.start()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> BufferedReadClient:
         # The publisher keeps the window itself (see room), so paho never queues: with a limit, paho
         # scans every message it holds on each PUBACK looking for a queued one, which at a window of
         # 500 was an eighth of the gateway's CPU at 50,000 values/s.

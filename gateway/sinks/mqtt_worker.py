@@ -44,6 +44,7 @@ class Relay:
         self.generation = 0
         self._pending: deque[OutboxRecord] = deque()
         self._acked_upto = 0
+        self._acked_sent = 0  # the prefix the sink was last told
         self._published = 0
         self._rejected = 0
         self._flush_scheduled = False
@@ -96,9 +97,11 @@ class Relay:
 
     def _flush_acks(self) -> None:
         self._flush_scheduled = False
-        if self._published or self._rejected or self._acked_upto:
+        # A status message's PUBACK reports the same prefix with nothing new: the sink needs no event.
+        if self._published or self._rejected or self._acked_upto != self._acked_sent:
             self._write({"e": "acked", "upto": self._acked_upto, "published": self._published,
                          "rejected": self._rejected})
+            self._acked_sent = self._acked_upto
             self._published = self._rejected = 0
 
     def _emit(self, event: Event) -> None:
