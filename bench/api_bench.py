@@ -164,7 +164,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: str | None, queue_size: int,
           keep: bool = False, load_plcs: int = 1, opcua_mode: str = "subscribe",
-          modbus_connections: int = 1, modbus_pipeline: int = 1) -> Iterator[Stack]:
+          modbus_connections: int = 1, modbus_pipeline: int = 1, outbox: str = "sqlite") -> Iterator[Stack]:
     import yaml
 
     tmp = Path(tempfile.mkdtemp(prefix="twinedge-api-bench-"))
@@ -205,7 +205,7 @@ def stack(rate: int, interval_ms: int, scan_ms: int, poll_ms: int, mqtt: str | N
         api_port = free_port()
         gateway_config = {
             "gateway": {"id": "gw-bench", "data_dir": str(tmp / "gateway"),
-                        "catalogue": str(tmp / "plant" / "catalogue.json")},
+                        "catalogue": str(tmp / "plant" / "catalogue.json"), "outbox": outbox},
             "sources": sources, "sinks": sinks,
             "api": {"host": HOST, "port": api_port, "auth": {"anonymous_read": True},
                     "websocket": {"queue_size": queue_size}},
@@ -495,7 +495,7 @@ def mqtt_publisher(args: argparse.Namespace) -> str | None:
 def run_ws(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, 100, 200, mqtt_publisher(args), args.queue_size, args.keep,
                args.load_plcs, modbus_connections=args.modbus_connections,
-               modbus_pipeline=args.modbus_pipeline) as s:
+               modbus_pipeline=args.modbus_pipeline, outbox=args.outbox) as s:
         if not s.load_assets:
             raise SystemExit("--rate must be > 0 for the ws benchmark")
         start_at = time.time() + args.ramp_s
@@ -566,6 +566,7 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
             "reading_age_ms": {"p50": round(pct(ages, 50) * 1000, 1), "p99": round(pct(ages, 99) * 1000, 1)},
             "cpu_pct_of_one_core": {k: round((cpu1[k] - cpu0[k]) / elapsed * 100, 1) for k in cpu0},
             "compression": args.compression, "ws_client": args.ws_client, "mqtt": mqtt_publisher(args),
+            "outbox": args.outbox,
         }
         if rests:
             parts = [json.loads(out.read_text()) for _, out in rests]
@@ -639,7 +640,7 @@ async def _commands(s: Stack, count: int) -> dict[str, Any]:
 
 def run_commands(args: argparse.Namespace) -> dict[str, Any]:
     with stack(args.rate, args.interval_ms, args.scan_ms, args.poll_ms, mqtt_publisher(args), 256, args.keep,
-               args.load_plcs, args.opcua_mode, args.modbus_connections, args.modbus_pipeline) as s:
+               args.load_plcs, args.opcua_mode, args.modbus_connections, args.modbus_pipeline, args.outbox) as s:
         cpu0, t0 = cpu_seconds(s.gateway.pid), time.time()
         report = asyncio.run(_commands(s, args.count))
         report["gateway_cpu_pct"] = round((cpu_seconds(s.gateway.pid) - cpu0) / (time.time() - t0) * 100, 1)
@@ -696,6 +697,8 @@ def main() -> None:
         p.add_argument("--no-mqtt", action="store_true", help="run without Mosquitto and the MQTT sink")
         p.add_argument("--mqtt-publisher", choices=("process", "loop"), default="process",
                        help="where the gateway runs paho (sinks.mqtt.publisher; default: %(default)s)")
+        p.add_argument("--outbox", choices=("sqlite", "log"), default="sqlite",
+                       help="the gateway's outbox store (gateway.outbox; default: %(default)s)")
         p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()
     if args.bench == "ws" and args.compression != "none" and args.ws_client == "raw":

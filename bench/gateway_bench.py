@@ -261,12 +261,12 @@ def plant_config(layout: Layout, data_dir: Path) -> dict[str, Any]:
 
 
 def gateway_config(layout: Layout, data_dir: Path, catalogue: Path, mqtt_port: int, influx_url: str,
-                   api_port: int, mqtt_publisher: str) -> dict[str, Any]:
+                   api_port: int, mqtt_publisher: str, outbox: str = "sqlite") -> dict[str, Any]:
     sources = [{"name": f"{plc_id}-{protocol}", "protocol": protocol, "plc": plc_id, "interval_ms": layout.interval_ms}
                | ({"connections": layout.modbus_connections, "pipeline": layout.modbus_pipeline}
                   if protocol == "modbus" else {})
                for protocol in PROTOCOLS for plc_id, _ in layout.plcs(protocol)]
-    return {"gateway": {"id": "gw-bench", "data_dir": str(data_dir), "catalogue": str(catalogue)},
+    return {"gateway": {"id": "gw-bench", "data_dir": str(data_dir), "catalogue": str(catalogue), "outbox": outbox},
             "sources": sources,
             "sinks": {"mqtt": {"url": f"mqtt://{HOST}:{mqtt_port}", "topic_prefix": PREFIX, "qos": 1,
                                "publisher": mqtt_publisher},
@@ -350,11 +350,11 @@ def watch(children: list[Child], seconds: float) -> None:
 
 def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protocols: tuple[str, ...],
              drain_s: float, keep: bool, modbus_connections: int = 1, modbus_pipeline: int = 1,
-             mqtt_publisher: str = "process") -> dict[str, Any]:
+             mqtt_publisher: str = "process", outbox: str = "sqlite") -> dict[str, Any]:
     layout = Layout(rate, interval_ms, protocols, modbus_connections, modbus_pipeline)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     result: dict[str, Any] = {"rate_target": rate, "duration_s": duration, "warmup_s": warmup,
-                              "interval_ms": interval_ms, "mqtt_publisher": mqtt_publisher,
+                              "interval_ms": interval_ms, "mqtt_publisher": mqtt_publisher, "outbox": outbox,
                               "load_before": os.getloadavg(),
                               "plcs": {p: layout.plcs(p) for p in protocols},
                               "expected_rate": {p: round(layout.expected_rate(p)) for p in protocols}}
@@ -372,7 +372,8 @@ def run_once(rate: int, duration: float, warmup: float, interval_ms: int, protoc
             wait_until(lambda: "plant ready" in plant.log_tail(), "plant ready", STARTUP_S, [plant], 0.5)
             api_port = free_port()
             (tmp / "gateway.yaml").write_text(json.dumps(gateway_config(
-                layout, tmp / "gateway", plant_dir / "catalogue.json", mqtt_port, vm_url, api_port, mqtt_publisher),
+                layout, tmp / "gateway", plant_dir / "catalogue.json", mqtt_port, vm_url, api_port, mqtt_publisher,
+                outbox),
                 indent=1))
             gateway = Child("gateway", [sys.executable, "-m", "gateway", "--config", str(tmp / "gateway.yaml")],
                             tmp / "gateway.log", cwd=ROOT)
@@ -489,7 +490,8 @@ def report(r: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in r["load_before"])
     plcs = "; ".join(f"{p}: {len(v)} PLC(s), {sum(n for _, n in v)} conveyors" for p, v in r["plcs"].items())
     lines = [f"target {r['rate_target']:,} values/s, window {r['duration_s']:g} s after {r['warmup_s']:g} s warm-up, "
-             f"interval {r['interval_ms']} ms; {plcs}; load average before {load}", "",
+             f"interval {r['interval_ms']} ms; {plcs}; outbox {r['outbox']}, MQTT publisher {r['mqtt_publisher']}; "
+             f"load average before {load}", "",
              "| protocol | expected/s | read/s | delivered/s (MQTT) | read | delivered | loss | duplicates "
              "| p50 ms | p99 ms | max ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -540,6 +542,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="short runs at " + ", ".join(map(str, SWEEP_RATES)))
     parser.add_argument("--mqtt-publisher", choices=("process", "loop"), default="process",
                         help="where the gateway runs paho (sinks.mqtt.publisher; default: %(default)s)")
+    parser.add_argument("--outbox", choices=("sqlite", "log"), default="sqlite",
+                        help="the gateway's outbox store (gateway.outbox; default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args()
@@ -552,7 +556,7 @@ def main() -> int:
     for rate in (SWEEP_RATES if args.sweep else (args.rate,)):
         try:
             result = run_once(rate, duration, warmup, args.interval_ms, protocols, args.drain, args.keep,
-                              args.modbus_connections, args.modbus_pipeline, args.mqtt_publisher)
+                              args.modbus_connections, args.modbus_pipeline, args.mqtt_publisher, args.outbox)
         except (RuntimeError, TimeoutError, OSError) as exc:
             if not args.sweep:
                 raise

@@ -65,7 +65,8 @@ class AlertMqttPublisher:
         client_id = f"{mqtt.client_id or 'twinedge-' + config.gateway.id + '-mqtt'}-alerts"
         # A few messages a minute: not worth a publisher process of its own.
         self.sink = MqttSink(mqtt.model_copy(update={"retain": True, "client_id": client_id, "publisher": "loop"}),
-                             f"{config.gateway.id}-alerts", config.gateway.data_dir, encoder=self.topics)
+                             f"{config.gateway.id}-alerts", config.gateway.data_dir, encoder=self.topics,
+                             outbox=config.gateway.outbox)
         self.sink.name = "mqtt-alerts"  # its own outbox file, next to the telemetry one
         self.assets = assets
         self.dropped = 0

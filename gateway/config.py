@@ -14,6 +14,7 @@ from gateway.commands.queue import CommandQueueConfig
 from gateway.common.configfile import ConfigIssue, EnvOverride, StrictModel, load_config
 from gateway.sinks.influx import InfluxSinkConfig
 from gateway.sinks.mqtt import MqttSinkConfig
+from gateway.sinks.outbox_common import OutboxBackend
 from gateway.sinks.sparkplug import SparkplugSinkConfig
 from gateway.sources.config import ModbusSourceConfig, OpcUaSourceConfig
 from gateway.storage.db import StorageConfig
@@ -39,6 +40,9 @@ class GatewaySettings(StrictModel):
     # The plant's tag catalogue (`twinedge registers --format json`); relative paths are taken from
     # data_dir, where `twinedge plant` writes it at start.
     catalogue: Path | None = Path("catalogue.json")
+    # Where every sink's durable outbox lives: "sqlite" (one SQLite file per sink) or "log"
+    # (append-only segment files per sink, a fraction of SQLite's CPU per record; BENCHMARKS.md).
+    outbox: OutboxBackend = "sqlite"
 
     @property
     def catalogue_path(self) -> Path | None:

@@ -192,14 +192,14 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         catalogue = _load_catalogue(config)
     except Exception as exc:  # the catalogue's own error names file and key
         raise ConfigError([str(exc)]) from None
-    data_dir = config.gateway.data_dir
+    data_dir, outbox = config.gateway.data_dir, config.gateway.outbox
     sinks: list[Sink] = []
     if config.sinks.mqtt.enabled:
-        sinks.append(MqttSink(config.sinks.mqtt, config.gateway.id, data_dir))
+        sinks.append(MqttSink(config.sinks.mqtt, config.gateway.id, data_dir, outbox=outbox))
     if config.sinks.influx.enabled:
-        sinks.append(InfluxSink(config.sinks.influx, config.gateway.id, data_dir))
+        sinks.append(InfluxSink(config.sinks.influx, config.gateway.id, data_dir, outbox=outbox))
     if config.sinks.sparkplug.enabled:
-        sinks.append(SparkplugSink(config.sinks.sparkplug, config.gateway.id, data_dir))
+        sinks.append(SparkplugSink(config.sinks.sparkplug, config.gateway.id, data_dir, outbox=outbox))
     processing = config.processing
     filter_: BatchFilter | None = None
     if processing.report_by_exception:  # holds back unchanged Bad readings too

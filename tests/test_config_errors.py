@@ -104,3 +104,15 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path, command: lis
     lines = result.stderr.strip().splitlines()
     assert lines, "an error line is expected"
     assert all(line.startswith(str(bad)) or "environment" in line or "gw.yaml" in line for line in lines), lines
+
+
+def test_outbox_store_is_sqlite_or_log(tmp_path: Path) -> None:
+    assert load_gateway_config(_write(tmp_path, "api: {port: 8080}\n", "gateway.yaml")).gateway.outbox == "sqlite"
+    chosen = load_gateway_config(_write(tmp_path, "gateway: {outbox: log}\n", "gateway.yaml"))
+    assert chosen.gateway.outbox == "log"
+    path = _write(tmp_path, "gateway: {outbox: lmdb}\n", "gateway.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    (line,) = caught.value.lines
+    assert str(path) in line
+    assert "gateway.outbox = 'lmdb'" in line

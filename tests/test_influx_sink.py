@@ -19,6 +19,7 @@ import pytest
 from gateway.common.status import BAD_NO_COMMUNICATION, GOOD
 from gateway.readings import Reading
 from gateway.sinks.influx import InfluxSink, InfluxSinkConfig, classify, parse_retry_after
+from gateway.sinks.outbox_common import OutboxBackend
 from tests.fixtures.servers import InfluxDB1Server, VictoriaMetricsServer
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
@@ -39,8 +40,9 @@ async def wait_for(cond: Callable[[], bool], within_s: float, what: str) -> None
         await asyncio.sleep(0.02)
 
 
-def make_sink(tmp_path: Path, **cfg: Any) -> InfluxSink:
-    sink = InfluxSink(InfluxSinkConfig(enabled=True, flush_interval_ms=50, **cfg), "gw1", tmp_path / "data")
+def make_sink(tmp_path: Path, outbox: OutboxBackend = "sqlite", **cfg: Any) -> InfluxSink:
+    sink = InfluxSink(InfluxSinkConfig(enabled=True, flush_interval_ms=50, **cfg), "gw1", tmp_path / "data",
+                      outbox=outbox)
     sink.backoff_min_s = 0.2  # keep the outage tests short; the production default is 1 s
     return sink
 
@@ -129,11 +131,12 @@ async def test_v2_writes_through_influxdb_client(
     assert samples == {BASE_NS // 1_000_000 + i: float(i) for i in range(20)}
 
 
+@pytest.mark.parametrize("outbox", ["sqlite", "log"])
 async def test_v2_outage_and_recovery_delivers_everything(
-    victoria_metrics_server: VictoriaMetricsServer, tmp_path: Path
+    victoria_metrics_server: VictoriaMetricsServer, tmp_path: Path, outbox: OutboxBackend
 ) -> None:
     n = 300
-    sink = make_sink(tmp_path, api="v2", url=victoria_metrics_server.url, batch_size=50)
+    sink = make_sink(tmp_path, outbox, api="v2", url=victoria_metrics_server.url, batch_size=50)
     await sink.start()
     try:
         await sink.write([reading(i) for i in range(100)])

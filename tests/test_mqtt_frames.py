@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sinks.mqtt_frames import HEADER, PUBLISH, batch_frame, close_frame, parse_batch
-from gateway.sinks.outbox import OutboxRecord
+from gateway.sinks.outbox_common import OutboxRecord
 
 
 def test_a_batch_frame_round_trips_ids_topics_and_payloads() -> None:

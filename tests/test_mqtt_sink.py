@@ -32,6 +32,7 @@ from gateway.readings import Reading
 from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
 from gateway.sinks.mqtt_link import BufferedReadClient
 from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, inflight_window
+from gateway.sinks.outbox_common import OutboxBackend
 from tests.fixtures.servers import MOSQUITTO, MosquittoServer, _Process, _tcp_ready, free_port, run_mosquitto
 
 BASE_TS = datetime(2026, 11, 21, 13, 55, 1, 0, tzinfo=UTC)
@@ -94,8 +95,8 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def make_sink(url: str, tmp_path: Path, **cfg: Any) -> MqttSink:
-    return MqttSink(MqttSinkConfig(url=url, **cfg), "gw1", tmp_path / "data")
+def make_sink(url: str, tmp_path: Path, outbox: OutboxBackend = "sqlite", **cfg: Any) -> MqttSink:
+    return MqttSink(MqttSinkConfig(url=url, **cfg), "gw1", tmp_path / "data", outbox=outbox)
 
 
 def seq_values(sub: Subscriber) -> list[float]:
@@ -296,9 +297,9 @@ async def test_broker_down_at_start_logs_once_then_recovers(
 
 
 @pytest.mark.parametrize("publisher", PUBLISHERS)
-@pytest.mark.parametrize(("protocol", "qos"), [("5", 1), ("3.1.1", 2)])
+@pytest.mark.parametrize(("protocol", "qos", "outbox"), [("5", 1, "sqlite"), ("3.1.1", 2, "sqlite"), ("5", 1, "log")])
 async def test_broker_restart_mid_stream_delivers_everything_in_order(
-    protocol: str, qos: int, publisher: str, tmp_path: Path
+    protocol: str, qos: int, outbox: OutboxBackend, publisher: str, tmp_path: Path
 ) -> None:
     """Fault matrix §5.5 #1: stop Mosquitto while writing, restart on the same port; every record
     arrives afterwards, in order, with its original timestamp (duplicates allowed: QoS 1).
@@ -310,7 +311,7 @@ async def test_broker_restart_mid_stream_delivers_everything_in_order(
     with run_mosquitto(tmp_path / "broker", persistence=True) as server:
         sub = await asyncio.to_thread(Subscriber, server, SEQ_TOPIC, client_id="checker", persistent=True)
         await wait_for(sub.subscribed.is_set, 5, "subscription")
-        sink = make_sink(server.url, tmp_path, layout="tag", protocol=protocol, qos=qos, publisher=publisher)
+        sink = make_sink(server.url, tmp_path, outbox, layout="tag", protocol=protocol, qos=qos, publisher=publisher)
         await sink.start()
         try:
             await wait_for(lambda: sink.stats().connected, 5, "sink connected")

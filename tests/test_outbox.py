@@ -15,22 +15,35 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.sinks.outbox import AsyncOutbox, Outbox
+from gateway.sinks.outbox_common import OutboxStore
+from gateway.sinks.outbox_log import LogOutbox
+
+# Every behaviour of the outbox is asked of both stores (gateway.outbox: sqlite | log).
+STORES = {"sqlite": (Outbox, "ob.sqlite"), "log": (LogOutbox, "ob.log")}
 
 
 def recs(*names: str) -> list[tuple[str, bytes]]:
     return [("t", n.encode()) for n in names]
 
 
-def payloads(outbox: Outbox, n: int = 1000) -> list[str]:
+def payloads(outbox: OutboxStore, n: int = 1000) -> list[str]:
     return [r.payload.decode() for r in outbox.peek(n)]
 
 
-@pytest.fixture
-def make(tmp_path: Path):  # type: ignore[no-untyped-def]
-    opened: list[Outbox] = []
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[type[Outbox] | type[LogOutbox], Path]:
+    """The store class and where it keeps an outbox."""
+    cls, name = STORES[request.param]
+    return cls, tmp_path / name
 
-    def _make(max_rows: int = 5) -> Outbox:
-        ob = Outbox(tmp_path / "ob.sqlite", max_rows)
+
+@pytest.fixture
+def make(store):  # type: ignore[no-untyped-def]
+    opened: list[OutboxStore] = []
+    cls, path = store
+
+    def _make(max_rows: int = 5) -> OutboxStore:
+        ob = cls(path, max_rows)
         opened.append(ob)
         return ob
 
@@ -122,14 +135,14 @@ def test_discard_counts_separately(make):  # type: ignore[no-untyped-def]
     assert payloads(ob) == ["c"]
 
 
-def test_reopen_keeps_data_order_and_counters(tmp_path: Path) -> None:
-    path = tmp_path / "ob.sqlite"
-    ob = Outbox(path, 3)
+def test_reopen_keeps_data_order_and_counters(store) -> None:  # type: ignore[no-untyped-def]
+    cls, path = store
+    ob = cls(path, 3)
     ob.append(recs(*"abcd"))  # drops a
     ob.ack(ob.peek(1)[0].id)  # acks b
     ob.close()
     ob.close()  # idempotent
-    ob2 = Outbox(path, 3)
+    ob2 = cls(path, 3)
     try:
         assert payloads(ob2) == ["c", "d"]
         assert ob2.depth() == 2
@@ -140,9 +153,10 @@ def test_reopen_keeps_data_order_and_counters(tmp_path: Path) -> None:
         ob2.close()
 
 
-def test_oldest_age(tmp_path: Path) -> None:
+def test_oldest_age(store) -> None:  # type: ignore[no-untyped-def]
+    cls, path = store
     now = [1000.0]
-    ob = Outbox(tmp_path / "ob.sqlite", 10, clock=lambda: now[0])
+    ob = cls(path, 10, clock=lambda: now[0])
     try:
         assert ob.oldest_age_s() == 0.0
         ob.append(recs("a"))
@@ -155,14 +169,14 @@ def test_oldest_age(tmp_path: Path) -> None:
         ob.close()
 
 
-def test_survives_sigkill(tmp_path: Path) -> None:
+def test_survives_sigkill(store) -> None:  # type: ignore[no-untyped-def]
     """A committed append survives SIGKILL of the writing process."""
-    path = tmp_path / "ob.sqlite"
+    cls, path = store
     code = textwrap.dedent(
         f"""
         import os, signal, sys
-        from gateway.sinks.outbox import Outbox
-        ob = Outbox({str(path)!r}, 100)
+        from {cls.__module__} import {cls.__name__}
+        ob = {cls.__name__}({str(path)!r}, 100)
         ob.append([("t", b"a"), ("t", b"b")])
         ob.append([("t", b"c")])
         sys.stdout.write("appended\\n"); sys.stdout.flush()
@@ -174,15 +188,16 @@ def test_survives_sigkill(tmp_path: Path) -> None:
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert "appended" in proc.stdout
-    ob = Outbox(path, 100)
+    ob = cls(path, 100)
     try:
         assert payloads(ob) == ["a", "b", "c"]
     finally:
         ob.close()
 
 
-async def test_async_outbox(tmp_path: Path) -> None:
-    ob = await AsyncOutbox.open(tmp_path / "ob.sqlite", 2)
+@pytest.mark.parametrize("backend", ["sqlite", "log"])
+async def test_async_outbox(tmp_path: Path, backend: str) -> None:
+    ob = await AsyncOutbox.open(tmp_path / f"ob.{backend}", 2, backend=backend)  # type: ignore[arg-type]
     try:
         assert await ob.append(recs(*"abc")) == 1
         batch = await ob.peek(10)
@@ -284,9 +299,56 @@ def test_memory_tail_answers_like_the_file(tmp_path_factory: pytest.TempPathFact
                 got = [(r.id, r.key, r.payload, r.items) for r in outbox.peek(n, after)]
                 assert got == _from_file(outbox, n, after)
             assert outbox.depth() == sum(r[3] for r in _from_file(outbox, 10**9, 0))
-            live_tail = outbox._tail[outbox._tail_start :]
-            assert sum(r.items for r in live_tail) == outbox._tail_items <= tail_max  # memory bounded in items
+            live_tail = outbox.tail.records[outbox.tail.start :]
+            assert sum(r.items for r in live_tail) == outbox.tail.items <= tail_max  # memory bounded in items
             assert outbox.depth() + outbox.dropped_total + outbox.discarded_total <= sum(
                 1 + i % max_items for i in range(serial))
+    finally:
+        outbox.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(STORES)), st.integers(1, 12), st.integers(0, 15), st.integers(1, 4), st.lists(
+    st.tuples(st.sampled_from(["append", "ack", "discard", "reopen"]), st.integers(0, 9), st.integers(0, 40)),
+    max_size=40))
+def test_every_store_behaves_like_a_bounded_fifo(tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                 max_rows: int, tail_max: int, max_items: int,
+                                                 ops: list[tuple[str, int, int]]) -> None:
+    """Against a plain list as the model: whatever mix of appends, acks, discards, overflow and
+    reopening (which empties the memory tail, so reads come from disk), every peek, the depth and
+    both counters are the model's."""
+    cls, name = STORES[backend]
+    path = tmp_path_factory.mktemp("fifo") / name
+    outbox: OutboxStore = cls(path, max_rows, tail_max=tail_max)
+    model: list[tuple[int, bytes, int]] = []  # (id, payload, items), oldest first
+    dropped = discarded = serial = 0
+    next_id = 1
+    try:
+        for op, size, ref in ops:
+            if op == "append" and size:
+                counts = [1 + (serial + i) % max_items for i in range(size)]
+                outbox.append([("k", f"r{serial + i}".encode()) for i in range(size)], counts)
+                model += [(next_id + i, f"r{serial + i}".encode(), n) for i, n in enumerate(counts)]
+                next_id, serial = next_id + size, serial + size
+                while sum(r[2] for r in model) > max_rows:  # the oldest whole records go
+                    dropped += model.pop(0)[2]
+            elif op in ("ack", "discard"):
+                gone = sum(r[2] for r in model if r[0] <= ref)
+                assert getattr(outbox, op)(ref) == gone
+                discarded += gone if op == "discard" else 0
+                model = [r for r in model if r[0] > ref]
+            elif op == "reopen":
+                outbox.close()
+                outbox = cls(path, max_rows, tail_max=tail_max)
+            for n, after in ((size + 1, ref), (1000, 0), (3, serial // 2)):
+                expected, total = [], 0
+                for r in (r for r in model if r[0] > after):
+                    if expected and total + r[2] > n:
+                        break
+                    expected.append(r)
+                    total += r[2]
+                assert [(r.id, r.payload, r.items) for r in outbox.peek(n, after)] == expected
+            assert outbox.depth() == sum(r[2] for r in model)
+            assert (outbox.dropped_total, outbox.discarded_total) == (dropped, discarded)
     finally:
         outbox.close()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.readings import Reading
+from gateway.sinks.outbox_common import OutboxBackend
 
 if TYPE_CHECKING:
     from gateway.sinks.outbox import AsyncOutbox
@@ -68,9 +70,46 @@ class Sink(Protocol):
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def outbox_path(data_dir: str | Path, sink_name: str) -> Path:
-    """One outbox file per sink under the data directory, e.g. ``<data>/outbox/mqtt.sqlite``."""
-    return Path(data_dir) / "outbox" / f"{_UNSAFE.sub('_', sink_name)}.sqlite"
+def outbox_path(data_dir: str | Path, sink_name: str, backend: OutboxBackend = "sqlite") -> Path:
+    """One outbox per sink under the data directory: ``<data>/outbox/mqtt.sqlite`` (a file), or
+    ``<data>/outbox/mqtt.log`` (a directory of segment files) with the ``log`` store."""
+    suffix = ".log" if backend == "log" else ".sqlite"
+    return Path(data_dir) / "outbox" / f"{_UNSAFE.sub('_', sink_name)}{suffix}"
+
+
+async def open_outbox(data_dir: str | Path, sink_name: str, max_rows: int, *, backend: OutboxBackend = "sqlite",
+                      tail_max: int = 20_000) -> AsyncOutbox:
+    """Open the sink's outbox in the chosen store (``gateway.outbox``). Records a previous run left in
+    the other store are moved into this one first, in order, and the other store is then removed:
+    switching stores loses nothing."""
+    from gateway.sinks.outbox import AsyncOutbox
+
+    outbox = await AsyncOutbox.open(outbox_path(data_dir, sink_name, backend), max_rows, tail_max=tail_max,
+                                    backend=backend)
+    other: OutboxBackend = "log" if backend == "sqlite" else "sqlite"
+    old_path = outbox_path(data_dir, sink_name, other)
+    if old_path.exists():
+        old = await AsyncOutbox.open(old_path, max(max_rows, 1), tail_max=0, backend=other)
+        moved = 0
+        try:
+            while batch := await old.peek(10_000):
+                await outbox.append([(r.key, r.payload) for r in batch], [r.items for r in batch])
+                moved += await old.ack(batch[-1].id)
+            counters = (old.dropped_total, old.discarded_total)
+        finally:
+            await old.close()
+        _remove_store(old_path)
+        log.info("%s: moved %d items from the %s outbox %s (its dropped/discarded counters %d/%d start over)",
+                 sink_name, moved, other, old_path, *counters)
+    return outbox
+
+
+def _remove_store(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+        return
+    for suffix in ("", "-wal", "-shm"):  # SQLite's database file and its WAL companions
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 class OutboxForwarding:

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.encoders.line_protocol import LineProtocolEncoder
 from gateway.readings import Reading
-from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
-from gateway.sinks.outbox import AsyncOutbox
+from gateway.sinks.base import OutboxForwarding, SinkStats, open_outbox
+from gateway.sinks.outbox_common import OutboxBackend
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,12 @@ class InfluxSink(OutboxForwarding):
         data_dir: str | Path,
         *,
         close_timeout_s: float = 5.0,
+        outbox: OutboxBackend = "sqlite",
     ) -> None:
         self.config = config
         self.gateway_id = gateway_id
         self.data_dir = Path(data_dir)
+        self.outbox_backend = outbox  # gateway.outbox: which store holds the outbox
         self.close_timeout_s = close_timeout_s
         self.encoder = LineProtocolEncoder()
         self._init_forwarding()
@@ -134,8 +136,8 @@ class InfluxSink(OutboxForwarding):
         # outbox's bound and counters are in lines while SQLite sees a row per poll. No memory tail:
         # a flush selects a few chunk rows back (0.26 ms for 5,000 lines), less than keeping a
         # flush interval of lines in memory would cost.
-        self._outbox = await AsyncOutbox.open(
-            outbox_path(self.data_dir, self.name), cfg.outbox_max_rows, tail_max=0)
+        self._outbox = await open_outbox(self.data_dir, self.name, cfg.outbox_max_rows,
+                                         backend=self.outbox_backend, tail_max=0)
         if cfg.api == "v1":
             auth = (cfg.username, cfg.password or "") if cfg.username else None
             self._http = httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, auth=auth)

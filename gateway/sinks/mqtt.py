@@ -29,10 +29,10 @@ from pydantic import Field
 
 from gateway.encoders.uns_json import PayloadEncoder, UnsJsonEncoder, sanitize_level
 from gateway.readings import Reading
-from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
+from gateway.sinks.base import OutboxForwarding, SinkStats, open_outbox
 from gateway.sinks.mqtt_process import ProcessPublisher
 from gateway.sinks.mqtt_publisher import LoopPublisher, MqttPublishConfig
-from gateway.sinks.outbox import AsyncOutbox
+from gateway.sinks.outbox_common import OutboxBackend
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,12 @@ class MqttSink(OutboxForwarding):
         *,
         encoder: PayloadEncoder | None = None,
         close_timeout_s: float = 5.0,
+        outbox: OutboxBackend = "sqlite",
     ) -> None:
         self.config = config
         self.gateway_id = gateway_id
         self.data_dir = Path(data_dir)
+        self.outbox_backend = outbox  # gateway.outbox: which store holds the outbox
         self.close_timeout_s = close_timeout_s
         self.encoder: PayloadEncoder = encoder or UnsJsonEncoder(config.topic_prefix, config.layout)
         prefix = "/".join(sanitize_level(p) for p in config.topic_prefix.split("/") if p.strip())
@@ -86,9 +88,8 @@ class MqttSink(OutboxForwarding):
     async def start(self) -> None:
         if self._task is not None or self._closed:
             return
-        self._outbox = await AsyncOutbox.open(
-            outbox_path(self.data_dir, self.name), self.config.outbox_max_rows
-        )
+        self._outbox = await open_outbox(self.data_dir, self.name, self.config.outbox_max_rows,
+                                         backend=self.outbox_backend)
         if self.config.publisher == "process":
             transport = MqttPublishConfig.model_validate(
                 self.config.model_dump(include=set(MqttPublishConfig.model_fields)))

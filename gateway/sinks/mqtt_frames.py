@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from gateway.sinks.mqtt_publisher import MqttPublishConfig
-from gateway.sinks.outbox import OutboxRecord
+from gateway.sinks.outbox_common import OutboxRecord
 
 HEADER = struct.Struct("!cI")  # frame type, body length
 _BATCH = struct.Struct("!II")  # generation, record count

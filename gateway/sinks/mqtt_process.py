@@ -26,7 +26,7 @@ from pathlib import Path
 from gateway.sinks.mqtt_frames import WorkerHello, batch_frame, close_frame
 from gateway.sinks.mqtt_link import RECONNECT_MAX_S, RECONNECT_MIN_S
 from gateway.sinks.mqtt_publisher import DEFAULT_INFLIGHT_311, LinkState, MqttPublishConfig, PublisherListener
-from gateway.sinks.outbox import OutboxRecord
+from gateway.sinks.outbox_common import OutboxRecord
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from gateway.sinks.mqtt_link import (
     MqttLink,
     make_client,
 )
-from gateway.sinks.outbox import OutboxRecord
+from gateway.sinks.outbox_common import OutboxRecord
 
 log = logging.getLogger(__name__)
 

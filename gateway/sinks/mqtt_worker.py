@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from gateway.sinks.mqtt_frames import CLOSE, HEADER, PUBLISH, Event, WorkerHello, event_line, parse_batch
 from gateway.sinks.mqtt_publisher import LoopPublisher
-from gateway.sinks.outbox import OutboxRecord
+from gateway.sinks.outbox_common import OutboxRecord
 
 log = logging.getLogger(__name__)
 _NO_LIMIT = 1 << 30  # the sink bounds what it hands over; the worker is bound only by the window

@@ -24,11 +24,8 @@ poison batch the remote rejects for good) are removed with :meth:`Outbox.discard
 Because records leave only from the front (ack, discard and overflow all delete a prefix), the
 live ids always form one contiguous range; the row count and ``depth`` are tracked in memory.
 
-Records appended in this process are also kept in memory (the newest, up to ``tail_max`` items),
-so a sink that keeps up reads what it just wrote from memory instead of selecting it back from
-SQLite: the file is written for durability and read only after a restart or by a sink that fell far
-behind. The bound is in items, not records: 20,000 records of the Influx sink's chunks of lines
-held 1.4 GB.
+Records appended in this process are also kept in memory (:class:`MemoryTail`), so a sink that
+keeps up never selects back what it just wrote.
 
 The class is synchronous and not thread-safe; async code wraps it in :class:`AsyncOutbox`, which
 calls it on the event loop thread itself. That blocks the loop for the length of one transaction
@@ -41,10 +38,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
+
+from gateway.sinks.outbox_common import (
+    MemoryTail,
+    OutboxBackend,
+    OutboxRecord,
+    OutboxStore,
+    PersistentCounters,
+    item_counts,
+    up_to_items,
+)
+from gateway.sinks.outbox_log import LogOutbox
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -61,19 +68,7 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-@dataclass(slots=True)
-class OutboxRecord:
-    """One stored record. ``id`` grows strictly with insertion order. Never changed once made; not
-    ``frozen`` because one is built per record appended and frozen construction costs 4x as much."""
-
-    id: int
-    key: str
-    payload: bytes
-    created: float
-    items: int = 1
-
-
-class Outbox:
+class Outbox(PersistentCounters):
     """Bounded FIFO of encoded records in one SQLite file (one file per sink)."""
 
     def __init__(
@@ -106,11 +101,7 @@ class Outbox:
         self._discarded = self._counter("discarded_total")
         self._oldest_created: float | None = self._query_oldest()
         self._closed = False
-        # The newest appended records, contiguous ids, oldest first: _tail[_tail_start:] is live.
-        self._tail: list[OutboxRecord] = []
-        self._tail_start = 0
-        self._tail_items = 0  # items in the live part of the tail
-        self._tail_max = tail_max
+        self.tail = MemoryTail(tail_max)
 
     def _add_items_column(self) -> None:
         """Outbox files written before records carried items hold one item per record."""
@@ -135,16 +126,6 @@ class Outbox:
         row = self._db.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
         return float(row[0]) if row else None
 
-    @property
-    def dropped_total(self) -> int:
-        """Items deleted unsent because the outbox was full (oldest first). Persistent."""
-        return self._dropped
-
-    @property
-    def discarded_total(self) -> int:
-        """Items a sink gave up on (poison batches). Persistent."""
-        return self._discarded
-
     # -- operations -------------------------------------------------------------------------------
 
     def append(self, records: Sequence[tuple[str, bytes]], items: Sequence[int] | None = None) -> int:
@@ -153,9 +134,7 @@ class Outbox:
         make room."""
         if not records:
             return 0
-        counts = [1] * len(records) if items is None else list(items)
-        if len(counts) != len(records) or min(counts) < 1:
-            raise ValueError("items must give a count >= 1 for every record")
+        counts = item_counts(records, items)
         now = self._clock()
         added = sum(counts)
         dropped = dropped_rows = 0
@@ -181,9 +160,9 @@ class Outbox:
         self._dropped += dropped
         if oldest is not None:
             self._oldest_created = oldest
-        self._remember(last_id - len(records) + 1, records, counts, now)
+        self.tail.remember(last_id - len(records) + 1, records, counts, now)
         if dropped:  # live ids are contiguous and end at last_id
-            self._forget_upto(last_id - self._rows)
+            self.tail.forget_upto(last_id - self._rows)
         return dropped
 
     def _drop_oldest(self, overflow: int) -> tuple[int, int]:
@@ -201,60 +180,18 @@ class Outbox:
         self._db.execute("DELETE FROM records WHERE id <= ?", (last,))
         return freed, rows
 
-    def _remember(self, first_id: int, records: Sequence[tuple[str, bytes]], counts: list[int], created: float) -> None:
-        """Keep the records just committed in the memory tail. One transaction holds the write lock
-        and AUTOINCREMENT ids only grow, so its rows got consecutive ids ending at the last one."""
-        if self._tail_max == 0:
-            return
-        tail = self._tail
-        if tail and tail[-1].id != first_id - 1:
-            tail.clear()  # not contiguous (cannot happen with one writer): start over
-            self._tail_start = self._tail_items = 0
-        tail.extend(
-            OutboxRecord(first_id + i, key, payload, created, n)
-            for i, ((key, payload), n) in enumerate(zip(records, counts, strict=True))
-        )
-        self._tail_items += sum(counts)
-        start = self._tail_start
-        while self._tail_items > self._tail_max:  # the oldest go until the newest fit the bound
-            self._tail_items -= tail[start].items
-            start += 1
-        self._tail_start = start
-        self._compact_tail()
-
-    def _forget_upto(self, up_to_id: int) -> None:
-        tail = self._tail
-        if tail:
-            start = max(self._tail_start, min(len(tail), up_to_id - tail[0].id + 1))
-            self._tail_items -= sum(r.items for r in tail[self._tail_start : start])
-            self._tail_start = start
-            self._compact_tail()
-
-    def _compact_tail(self) -> None:
-        # Dropping the dead prefix costs a copy of the live part: do it only once it is the larger half.
-        if self._tail_start and self._tail_start * 2 >= len(self._tail):
-            del self._tail[: self._tail_start]
-            self._tail_start = 0
-
     def peek(self, n: int, after_id: int = 0) -> list[OutboxRecord]:
         """The oldest records with id > ``after_id``, in order, holding at most ``n`` items between
         them (always at least one record when there is one, however many items it holds). Does
         not remove them: a batch that is never acked stays (Telegraf's Reject)."""
-        tail, start = self._tail, self._tail_start
-        if start < len(tail):
-            first = tail[start].id
-            # Served from memory when nothing older than the tail is wanted (the common case: a
-            # sink that keeps up). Live records older than the tail are only in the file.
-            if after_id + 1 >= first:
-                begin = start + (after_id + 1 - first)
-                return _up_to_items(tail[begin : begin + n], n)
-            if self._rows <= len(tail) - start:
-                return _up_to_items(tail[start : start + n], n)  # every live record is in the tail
+        remembered = self.tail.peek(n, after_id, self._rows)
+        if remembered is not None:
+            return remembered
         rows = self._db.execute(
             "SELECT id, key, payload, created, items FROM records WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, n),
         )
-        return _up_to_items(
+        return up_to_items(
             (OutboxRecord(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4])) for r in rows), n)
 
     def _delete_upto(self, up_to_id: int, counter: str | None) -> int:
@@ -275,7 +212,7 @@ class Outbox:
         self._depth -= removed
         self._rows -= int(rows)
         self._oldest_created = oldest
-        self._forget_upto(up_to_id)
+        self.tail.forget_upto(up_to_id)
         if counter == "discarded_total":
             self._discarded += removed
         return removed
@@ -306,29 +243,21 @@ class Outbox:
             self._db.close()
 
 
-def _up_to_items(records: Iterable[OutboxRecord], n: int) -> list[OutboxRecord]:
-    """The leading records whose items add up to at most ``n``; the first one in any case."""
-    out: list[OutboxRecord] = []
-    total = 0
-    for record in records:
-        total += record.items
-        if total > n and out:
-            break
-        out.append(record)
-    return out
-
-
 class AsyncOutbox:
-    """The sinks' face of an :class:`Outbox`: the same operations as coroutines, run on the loop
-    thread (see the module docstring for why not on a worker thread). Sinks await them, so moving
-    the disk work elsewhere again would not change a caller."""
+    """The sinks' face of an outbox store (SQLite or segment files): the same operations as
+    coroutines, run on the loop thread (see the module docstring for why not on a worker thread).
+    Sinks await them, so moving the disk work elsewhere again would not change a caller."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: OutboxStore) -> None:
         self.sync = outbox
 
     @classmethod
-    async def open(cls, path: str | Path, max_rows: int = 100_000, *, tail_max: int = 20_000) -> AsyncOutbox:
-        """Open (creating if needed) the outbox file; ``tail_max`` as for :class:`Outbox`."""
+    async def open(cls, path: str | Path, max_rows: int = 100_000, *, tail_max: int = 20_000,
+                   backend: OutboxBackend = "sqlite") -> AsyncOutbox:
+        """Open (creating if needed) the outbox at ``path``: an SQLite file or, with ``backend="log"``,
+        a directory of segment files; ``tail_max`` as for :class:`Outbox`."""
+        if backend == "log":
+            return cls(LogOutbox(path, max_rows, tail_max=tail_max))
         return cls(Outbox(path, max_rows, tail_max=tail_max))
 
     async def append(self, records: Sequence[tuple[str, bytes]], items: Sequence[int] | None = None) -> int:

@@ -52,7 +52,7 @@ from pydantic import Field, field_validator
 from gateway.encoders.sparkplug_b import parse_state, state_topic
 from gateway.encoders.uns_json import Message
 from gateway.readings import Reading
-from gateway.sinks.base import OutboxForwarding, SinkStats, outbox_path
+from gateway.sinks.base import OutboxForwarding, SinkStats, open_outbox
 from gateway.sinks.mqtt_link import (
     MISC_INTERVAL_S,
     RECONNECT_MAX_S,
@@ -61,7 +61,7 @@ from gateway.sinks.mqtt_link import (
     MqttLink,
     make_client,
 )
-from gateway.sinks.outbox import AsyncOutbox, OutboxRecord
+from gateway.sinks.outbox_common import OutboxBackend, OutboxRecord
 from gateway.sinks.sparkplug_commands import DeviceCommands, Submit, command_actor
 from gateway.sinks.sparkplug_records import decode_record, encode_records
 from gateway.sinks.sparkplug_session import EdgeNodeSession, next_bdseq
@@ -99,10 +99,12 @@ class SparkplugSink(OutboxForwarding):
     name = "sparkplug"
 
     def __init__(
-        self, config: SparkplugSinkConfig, gateway_id: str, data_dir: str | Path, *, close_timeout_s: float = 5.0
+        self, config: SparkplugSinkConfig, gateway_id: str, data_dir: str | Path, *, close_timeout_s: float = 5.0,
+        outbox: OutboxBackend = "sqlite",
     ) -> None:
         self.config = config
         self.data_dir = Path(data_dir)
+        self.outbox_backend = outbox  # gateway.outbox: which store holds the outbox
         self.close_timeout_s = close_timeout_s
         self.session = EdgeNodeSession(config.group_id, config.edge_node_id or gateway_id)
         self.client_id = config.client_id or re.sub(r"[^A-Za-z0-9_-]", "-", f"twinedge-{gateway_id}-sparkplug")
@@ -134,7 +136,8 @@ class SparkplugSink(OutboxForwarding):
     async def start(self) -> None:
         if self._task is not None or self._closed:
             return
-        self._outbox = await AsyncOutbox.open(outbox_path(self.data_dir, self.name), self.config.outbox_max_rows)
+        self._outbox = await open_outbox(self.data_dir, self.name, self.config.outbox_max_rows,
+                                         backend=self.outbox_backend)
         self._last_bdseq = self._load_bdseq()
         # tls_set reads certificate files: keep that off the loop. Clean Start on every CONNECT (§3.1).
         self._client = client = await asyncio.to_thread(make_client, self.config, self.client_id, clean_start=True)
