@@ -23,7 +23,9 @@ run opcua_startup $PY -m bench.opcua_bench --variables 10000
 run opcua_subscription $PY bench/opcua_subscription_bench.py --seconds 30
 run modbus_reference $PY bench/modbus_reference_bench.py --seconds 10
 run modbus_python $PY bench/modbus_bench.py --seconds 10
+run outbox $PY bench/outbox_bench.py --records 300000 --repeat 3
 run gateway_50k $PY bench/gateway_bench.py --rate 50000 --duration 300 --warmup 30 --drain 180 --modbus-connections 4 --modbus-pipeline 32
+run gateway_50k_log $PY bench/gateway_bench.py --rate 50000 --duration 300 --warmup 30 --drain 180 --modbus-connections 4 --modbus-pipeline 32 --outbox log
 run gateway_opcua $PY bench/gateway_bench.py --protocol opcua --rate 25000 --duration 60 --warmup 20 --drain 120
 run gateway_modbus $PY bench/gateway_bench.py --protocol modbus --rate 25000 --duration 60 --warmup 20 --drain 120 --modbus-connections 4 --modbus-pipeline 32
 run gateway_modbus_serial $PY bench/gateway_bench.py --protocol modbus --rate 25000 --duration 60 --warmup 20 --drain 120 --modbus-connections 4
