@@ -139,3 +139,46 @@ def test_reading_records_from_outside_changes_nothing(tmp_path: Path) -> None:
         (r.id, r.key, r.payload) for r in ob.peek(100)]
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     ob.close()
+
+
+def test_a_batch_larger_than_the_bound_skips_ids_and_reopens_whole(tmp_path: Path) -> None:
+    """Records of a batch that would be dropped at once are not written; their ids are used up (as
+    SQLite's AUTOINCREMENT uses them), so the survivors start a segment of their own."""
+    path = tmp_path / "ob.log"
+    ob = LogOutbox(path, 3)
+    ob.append(recs("a", "b"))
+    assert ob.append(recs(*"cdefg")) == 4  # a, b, c, d go
+    assert [(r.id, r.payload.decode()[0]) for r in ob.peek(10)] == [(5, "e"), (6, "f"), (7, "g")]
+    assert [int(p.stem) for p in segments(path)] == [5]  # the old segment held only dropped records
+    assert ob.append(recs("h"), [9]) == 12  # alone it exceeds the bound: everything goes, nothing is written
+    ob.append(recs("i"))
+    ob.close()
+    ob = LogOutbox(path, 3)
+    try:
+        assert [(r.id, r.payload.decode()[0]) for r in ob.peek(10)] == [(9, "i")]
+        assert (ob.depth(), ob.dropped_total) == (1, 4 + 3 + 9)
+    finally:
+        ob.close()
+
+
+def test_a_failed_write_after_making_room_keeps_the_counts_true(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ob.log"
+    ob = LogOutbox(path, 3)
+    ob.append(recs(*"abc"))
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gateway.sinks.outbox_log.os.write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        ob.append(recs("d", "e"))  # room was made first: a and b are gone, and counted
+    monkeypatch.undo()
+    assert (payload_names(ob), ob.depth(), ob.dropped_total) == (["c"], 1, 2)
+    ob.append(recs("f"))
+    ob.close()
+    ob = LogOutbox(path, 3)
+    try:
+        assert (payload_names(ob), ob.depth(), ob.dropped_total) == (["c", "f"], 2, 2)
+    finally:
+        ob.close()

@@ -21,6 +21,8 @@ Layout of the store's directory (``<data_dir>/outbox/<sink>.log/``):
 Records leave only from the front, so "first live id" says everything about what is gone: ack,
 discard and overflow move it forward (the latter two also count what they removed). Ids are never
 reused: after a restart the next id is past both the last record on disk and the first live id.
+Within a segment ids are consecutive; they jump between segments only past records a batch larger
+than the bound dropped before they were written.
 
 Durability: ``synchronous="NORMAL"`` writes to the kernel (a SIGKILLed process loses nothing it
 returned from; power loss may lose the last appends), ``"FULL"`` also fsyncs each write. When an
@@ -138,11 +140,12 @@ def _unlink_all(paths: Iterator[Path]) -> None:
 
 
 class _Segment:
-    """One segment file: the id of its first record and its length in bytes."""
+    """One segment file: the id of its first record, the id its next record takes, its length in bytes."""
 
     def __init__(self, path: Path, first_id: int) -> None:
         self.path = path
         self.first_id = first_id
+        self.end_id = first_id
         self.size = 0
 
 
@@ -195,7 +198,9 @@ class LogOutbox(PersistentCounters):
             self._first_live = self._base = max(self._first_live, min(first for first, _ in found))
         expected: int | None = None
         for index, (first_id, path) in enumerate(found):
-            if expected is not None and first_id != expected:
+            # Ids jump only past records that were dropped before being written: everything before
+            # the jump is then gone, so the segment starts at or before the first live id.
+            if expected is not None and first_id != expected and not expected < first_id <= self._first_live:
                 log.error("outbox %s: segment %s does not continue at id %d; it and later segments ignored",
                           self.path, path.name, expected)
                 _unlink_all(p for _, p in found[index:])
@@ -225,7 +230,7 @@ class LogOutbox(PersistentCounters):
             log.warning("outbox %s: %s ends in a damaged record at byte %d; cut there",
                         self.path, segment.path.name, size)
             os.truncate(segment.path, size)
-        segment.size = size
+        segment.size, segment.end_id = size, next_id
         self._next_id = max(self._next_id, next_id)
         return intact
 
@@ -258,14 +263,16 @@ class LogOutbox(PersistentCounters):
         counts = item_counts(records, items)
         now = self._clock()
         first = self._next_id
-        added = sum(counts)
         dropped = 0
-        overflow = self._depth + added - self.max_rows
+        overflow = self._depth + sum(counts) - self.max_rows
         if overflow > 0:
-            boundary, dropped = self._overflow_boundary(overflow, counts)
-            self._first_live = boundary
-            self._dropped += dropped
-            self._write_state()  # before the records: see the module docstring
+            dropped, skip = self._make_room(overflow, counts)
+            # Records of the batch that would go at once are not written; their ids are used up all
+            # the same (as SQLite's AUTOINCREMENT does), and the survivors start a segment of their own.
+            records, counts, first = records[skip:], counts[skip:], first + skip
+            if not records:
+                self._next_id = first
+                return dropped
         segment = self._segment_for_append(first)
         fd = self._write_fd
         assert fd is not None
@@ -283,40 +290,47 @@ class LogOutbox(PersistentCounters):
             os.ftruncate(fd, offset)
             raise
         segment.size += len(frames)
-        self._next_id = first + len(records)
+        self._next_id = segment.end_id = first + len(records)
         self._items.extend(counts)
         self._created.extend([now] * len(records))
         self._offsets.extend(offsets)
-        self._depth += added - dropped
+        self._depth += sum(counts)
         self.tail.remember(first, records, counts, now)
-        if dropped:
-            self._forget_upto(self._first_live - 1)
         return dropped
 
-    def _overflow_boundary(self, overflow: int, new_counts: list[int]) -> tuple[int, int]:
-        """The first id that stays when the oldest whole records holding >= ``overflow`` items go,
-        counting the records about to be appended after the stored ones; and the items that go."""
+    def _make_room(self, overflow: int, new_counts: list[int]) -> tuple[int, int]:
+        """Drop the oldest whole records holding >= ``overflow`` items, the stored ones first, then
+        the leading records of the batch being appended; return the items dropped and how many of
+        the batch's records went. The new state (counted, first live id moved) is written before
+        the batch: see the module docstring."""
         freed = 0
         record_id = self._first_live
         stored = self._items
         while freed < overflow and record_id < self._next_id:
             freed += stored[record_id - self._base]
             record_id += 1
-        for n in new_counts:
-            if freed >= overflow:
-                break
-            freed += n
-            record_id += 1
-        return record_id, freed
+        skip = skipped = 0
+        while freed + skipped < overflow:  # every stored record is gone: the batch alone overfills
+            skipped += new_counts[skip]
+            skip += 1
+        self._first_live = record_id + skip
+        self._dropped += freed + skipped
+        self._depth -= freed
+        self._write_state()
+        self._forget_upto(self._first_live - 1)
+        return freed + skipped, skip
 
     def _segment_for_append(self, first_id: int) -> _Segment:
         last = self._segments[-1] if self._segments else None
-        if last is None or last.size >= self._segment_bytes:
+        # A new segment when the last is full, and when ids jump (records dropped before being
+        # written): within a segment, ids are consecutive.
+        if last is None or last.size >= self._segment_bytes or first_id != last.end_id:
             if self._write_fd is not None:
                 os.close(self._write_fd)
                 self._write_fd = None
             last = _Segment(self.path / f"{first_id:020d}{_SEGMENT_SUFFIX}", first_id)
             self._segments.append(last)
+            self._drop_dead_segments(keep_last=True)
         if self._write_fd is None:
             self._write_fd = os.open(last.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             if self._fsync:  # the new file's directory entry must survive power loss too
