@@ -27,7 +27,7 @@ test: setup servers
 
 lint: setup
 	$(BIN)/ruff check devices gateway tests bench scripts
-	$(BIN)/mypy --strict devices gateway
+	$(BIN)/mypy --strict devices gateway bench
 
 registers-doc: setup
 	$(BIN)/twinedge registers --format md > docs/registers.md

@@ -380,8 +380,11 @@ async def _raw_ws_worker(url: str, assets: list[str], start_at: float, end_at: f
     clients: list[_RawWsClient] = []
     for i, asset in enumerate(assets):
         client = _RawWsClient(i, f"{host}:{port}", f"/ws/stream?assets={asset}", tally)
+        def protocol(c: _RawWsClient = client) -> _RawWsClient:  # this client, not the loop's last
+            return c
+
         try:
-            await loop.create_connection(lambda c=client: c, host, port)
+            await loop.create_connection(protocol, host, port)
         except OSError:
             tally.errors += 1
             continue

@@ -17,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from asyncua import Client
+from asyncua.client.client import Client
 
 from devices.assets.conveyor import Conveyor
 from devices.clock import VirtualClock
 from devices.config import AreaConfig, PlantSettings, PlcConfig, SiteConfig
 from devices.opcua import INSTANCE_NAMESPACE_URI, OpcUaExposer, OpcUaServerConfig
+from devices.opcua.config import SecurityPolicy
 from devices.plc import AssetGroup, Plc
 
 
@@ -36,13 +37,14 @@ async def run(variables: int, scans: int, history_window_s: float = 0.0) -> dict
     count = max(1, variables // len(Conveyor.tags))
     ids = tuple(f"conveyor-{n:05d}" for n in range(1, count + 1))
     plc = Plc("plc-bench", [AssetGroup(Conveyor(), ids)], VirtualClock())
-    opcua = OpcUaServerConfig(port=free_port(), security_policies=("None",), history_window_s=history_window_s)
-    plc_config = PlcConfig(
-        id="plc-bench",
-        opcua={"port": opcua.port},
-        modbus={"port": free_port()},
-        assets=[{"type": "conveyor", "id": "conveyor"}],
-    ).model_copy(update={"opcua": opcua})  # until PlcConfig.opcua is typed OpcUaServerConfig
+    opcua = OpcUaServerConfig(port=free_port(), security_policies=(SecurityPolicy.NONE,),
+                              history_window_s=history_window_s)
+    plc_config = PlcConfig.model_validate({
+        "id": "plc-bench",
+        "opcua": {"port": opcua.port},
+        "modbus": {"port": free_port()},
+        "assets": [{"type": "conveyor", "id": "conveyor"}],
+    }).model_copy(update={"opcua": opcua})  # until PlcConfig.opcua is typed OpcUaServerConfig
     area = AreaConfig(id="area", plcs=[plc_config])
     site = SiteConfig(id="site", areas=[area])
     with tempfile.TemporaryDirectory() as data_dir:
