@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import uvloop
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -20,6 +21,7 @@ from devices.modbus.protocol import ILLEGAL_ADDRESS, RequestHandler, exception_p
 from devices.modbus.server import ModbusTcpServer as PlantModbusServer
 from gateway.catalogue import parse_catalogue
 from gateway.common.status import BAD_DEVICE_FAILURE, BAD_NO_COMMUNICATION, BAD_TIMEOUT, GOOD
+from gateway.readings import Reading
 from gateway.sources import ModbusSource, ModbusSourceConfig, SourceError
 from gateway.sources.modbus import BAD_CONFIGURATION_ERROR
 from tests.fixtures.servers import free_port
@@ -268,6 +270,27 @@ async def test_reads_every_datatype_and_word_order(server: ModbusTestServer, con
         assert got[key].value == pytest.approx(value), key
     assert got["u16"].unit == "MTS"
     assert got["u16"].device == "meter"
+
+
+@pytest.mark.parametrize("pipeline", [1, 8])
+def test_reads_and_writes_under_uvloop(pipeline: int) -> None:
+    """The source works on any asyncio event loop, not only asyncio's own: uvloop (installed with
+    uvicorn[standard]) gives transports that do not derive from asyncio's classes."""
+
+    async def scenario() -> dict[str, Reading]:
+        srv = make_server(pipeline)
+        await srv.start()
+        try:
+            async with ModbusSource(config(srv.port, connections=2, pipeline=pipeline)) as source:
+                await source.write("m", "setpoint", 7.25)
+                return by_key(await source.read())
+        finally:
+            await srv.stop()
+
+    got = uvloop.run(scenario())
+    assert all(r.quality == GOOD for r in got.values())
+    assert got["f_abcd"].value == pytest.approx(123.456)
+    assert got["setpoint"].value == 7.25
 
 
 @PIPELINE

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 from gateway.sources.modbus_planner import Table
 
@@ -181,8 +181,9 @@ class ModbusTcpConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport by contract of create_connection; not an isinstance check, which fails
+        # under event loops whose transports do not derive from asyncio's classes (uvloop's).
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
