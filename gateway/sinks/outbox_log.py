@@ -6,7 +6,7 @@ at a fraction of its cost per record. SQLite inserts every record into a B-tree,
 pages to its WAL at each commit and rewrites them again when records are deleted: about 10 us per
 record appended and acknowledged on the reference machine (BENCHMARKS.md). Here an append is one
 ``write`` of the framed records to the end of a segment file, and an acknowledgement rewrites a
-32-byte state slot; whole segments are unlinked once every record in them left. Fewer bytes are
+state slot (36 bytes); whole segments are unlinked once every record in them left. Fewer bytes are
 written per record too, which matters on the flash storage edge devices run on.
 
 Layout of the store's directory (``<data_dir>/outbox/<sink>.log/``):
