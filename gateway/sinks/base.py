@@ -89,7 +89,7 @@ async def open_outbox(data_dir: str | Path, sink_name: str, max_rows: int, *, ba
     other: OutboxBackend = "log" if backend == "sqlite" else "sqlite"
     old_path = outbox_path(data_dir, sink_name, other)
     if old_path.exists():
-        old = await AsyncOutbox.open(old_path, max(max_rows, 1), tail_max=0, backend=other)
+        old = await AsyncOutbox.open(old_path, max_rows, tail_max=0, backend=other)
         moved = 0
         try:
             while batch := await old.peek(10_000):

@@ -86,7 +86,7 @@ def _parse_state(raw: bytes) -> tuple[int, int, int, int]:
         chunk = raw[slot * _STATE_SLOT : slot * _STATE_SLOT + _STATE.size + 4]
         if len(chunk) < _STATE.size + 4:
             continue
-        body, (crc,) = chunk[: _STATE.size], struct.unpack("<I", chunk[_STATE.size :])
+        body, (crc,) = chunk[: _STATE.size], _CRC.unpack(chunk[_STATE.size :])
         if zlib.crc32(body) == crc and (fields := _STATE.unpack(body))[0] > best[0]:
             best = (fields[0], fields[1], fields[2], fields[3])
     return best
@@ -239,7 +239,7 @@ class LogOutbox(PersistentCounters):
     def _write_state(self) -> None:
         self._sequence += 1
         body = _STATE.pack(self._sequence, self._first_live, self._dropped, self._discarded)
-        os.pwrite(self._state_fd, body + struct.pack("<I", zlib.crc32(body)), (self._sequence % 2) * _STATE_SLOT)
+        os.pwrite(self._state_fd, body + _CRC.pack(zlib.crc32(body)), (self._sequence % 2) * _STATE_SLOT)
         if self._fsync:
             os.fsync(self._state_fd)
 
